@@ -1,0 +1,8 @@
+"""Errors about the user's input (files, names, settings).
+
+The CLI prints any ``InputError`` as one line and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class InputError(Exception):
+    """Bad user input: a missing or corrupt file, an unknown name, a wrong shape or setting."""

@@ -1,0 +1,1 @@
+"""The runtime: the fixed-tick loop, input mapping, the moderngl display and the ``rollingworld`` CLI."""

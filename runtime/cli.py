@@ -1,0 +1,129 @@
+"""The one console command: ``rollingworld <command> key=value ...``.
+
+Each command has one primary hydra config in ``configs/<command>.yaml``; the arguments after the command are hydra
+overrides. Configs are composed with hydra's compose API, so nothing is written to ``outputs/`` and the working
+folder never changes. Bad input of any kind ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+from games.errors import InputError  # noqa: E402
+
+# command -> (one-line description, "module:function" taking the composed config)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "game": ("play a real game in a window (game=pong|maze|gym:<env id>, record=true saves it)",
+             "runtime.commands.game:run"),
+    "record": ("record a scripted agent's gameplay into a dataset (resumable)", "runtime.commands.data:record"),
+    "check": ("count and verify a dataset (data=DIR); non-zero exit if damaged", "runtime.commands.data:check"),
+    "import": ("turn a video + JSONL action log into a dataset", "runtime.commands.data:import_"),
+    "export": ("write a dataset episode to mp4 + JSONL action log", "runtime.commands.data:export"),
+}
+
+USAGE = "usage: rollingworld <command> [key=value ...]   (rollingworld <command> --help shows its settings)"
+
+
+def _help() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [USAGE, "", "commands:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (desc, _) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def _normalise_overrides(overrides: list[str]) -> list[str]:
+    """``game=gym:<env id>`` is shorthand for ``game=gym game.env_id=<env id>``."""
+    out = []
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        if sep and key == "game" and value.startswith("gym:"):
+            out += ["game=gym", f"game.env_id={value[4:]}"]
+        else:
+            out.append(ov)
+    return out
+
+
+def compose(command: str, overrides: list[str]):
+    """The composed config of ``command`` with ``overrides``, or an InputError naming what is wrong."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    for ov in overrides:
+        if "=" not in ov or ov.startswith("-"):
+            raise InputError(f"bad argument {ov!r}: settings are given as key=value")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="configs", version_base=None):
+            cfg = hydra_compose(config_name=command, overrides=_normalise_overrides(overrides))
+    except MissingConfigException as e:
+        first = str(e).splitlines()[0]
+        options = getattr(e, "options", None)
+        hint = f" (choose from {', '.join(options)})" if options else ""
+        if "game/" in first:
+            hint = " (choose from pong, maze, gym:<env id>)"
+        raise InputError(f"{first}{hint}") from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise InputError(" ".join(str(e).split("\n")[:2]).strip()) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise InputError("missing setting" + ("s " if len(missing) > 1 else " ")
+                         + " ".join(f"{k}=..." for k in missing))
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise InputError(str(e).splitlines()[0]) from None
+    return cfg
+
+
+def run(command: str, overrides: list[str]) -> int:
+    """Run ``command`` with ``overrides``; returns the exit code."""
+    if command not in COMMANDS:
+        raise InputError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+    module, func = COMMANDS[command][1].split(":")
+    cfg = compose(command, overrides)
+    result = getattr(importlib.import_module(module), func)(cfg)
+    return int(result or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_help())
+        return 0
+    command, overrides = args[0], args[1:]
+    try:
+        if any(a in ("-h", "--help") for a in overrides):
+            from omegaconf import OmegaConf
+            if command not in COMMANDS:
+                raise InputError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
+            print(f"rollingworld {command}: {COMMANDS[command][0]}\n\nsettings (key=value):")
+            rest = [a for a in overrides if a not in ("-h", "--help")]
+            print(OmegaConf.to_yaml(compose_lenient(command, rest)))
+            return 0
+        return run(command, overrides)
+    except InputError as e:
+        print(f"rollingworld {command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rollingworld {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def compose_lenient(command: str, overrides: list[str]):
+    """The config for ``--help``: as composed, with required settings left as ``???``."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="configs", version_base=None):
+        return hydra_compose(config_name=command, overrides=_normalise_overrides(overrides))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""``rollingworld game``: play a real game in a window at its fixed tick rate (and record it)."""
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from games import make_agent, make_game
+from runtime.display import OffscreenDisplay, Window
+from runtime.input import InputMapper, resolve_bindings
+from runtime.player import PlaySession
+
+
+def build_game(game_cfg):
+    """The game a ``game`` config group entry describes."""
+    params = {k: v for k, v in OmegaConf.to_container(game_cfg).items() if k not in ("name", "width", "height")}
+    name = f"gym:{params.pop('env_id')}" if game_cfg.name == "gym" else game_cfg.name
+    return make_game(name, width=int(game_cfg.width), height=int(game_cfg.height), **params)
+
+
+def run(cfg) -> int:
+    game = build_game(cfg.game)
+    rt = cfg.runtime
+    size = (game.width * int(rt.scale), game.height * int(rt.scale))
+    bindings = resolve_bindings(game.action_space, game.default_bindings,
+                                OmegaConf.to_container(rt.bindings) if rt.bindings else None)
+    agent = make_agent(cfg.agent, game, cfg.seed) if cfg.agent else None
+    if cfg.headless:
+        display = OffscreenDisplay(size, filter=rt.filter)
+    else:
+        display = Window(size, title=f"rollingworld: {game.name}", filter=rt.filter,
+                         fullscreen=bool(rt.fullscreen), vsync=bool(rt.vsync))
+    writer = episode = None
+    if cfg.record:
+        from games.recording import RecordingWriter
+
+        writer = RecordingWriter(cfg.out, game=game.name, action_space=game.action_space, fps=game.fps,
+                                 height=game.height, width=game.width, chunk_frames=int(cfg.chunk_frames))
+        episode = writer.begin_episode(seed=int(cfg.seed), agent=cfg.agent or "human")
+    try:
+        session = PlaySession(game, display, InputMapper(game.action_space, bindings), fps=rt.fps, agent=agent,
+                              on_frame=episode.append if episode is not None else None,
+                              title=f"rollingworld: {game.name}")
+        result = session.run(seed=int(cfg.seed), frames=cfg.frames)
+    finally:
+        if episode is not None:
+            episode.close()
+        display.close()
+    print(f"{game.name}: {result.stats.summary()}")
+    if episode is not None:
+        print(f"recorded {episode.frames_written} frames to {cfg.out}")
+    return 0
