@@ -72,7 +72,7 @@ class PongAgent(Agent):
     probability ``blunder`` (aims a paddle's length off, so it misses), and whether to steer with keys or mouse.
     """
 
-    def __init__(self, game: Pong, seed: int, blunder: float = 0.12, noise: float = 1.5):
+    def __init__(self, game: Pong, seed: int, blunder: float = 0.15, noise: float = 1.5):
         super().__init__(game, seed)
         self.blunder, self.noise = blunder, noise
 
@@ -96,7 +96,7 @@ class PongAgent(Agent):
         sy = g.height / 64
         incoming = g.ball_vel[0] < 0
         if incoming and not self._incoming:  # a new rally toward the player
-            self._aim = self.rng.uniform(-0.4, 0.4) * g.paddle_h
+            self._aim = self.rng.uniform(-0.55, 0.55) * g.paddle_h
             if self.rng.random() < self.blunder:
                 self._aim += self.rng.choice([-1, 1]) * self.rng.uniform(0.9, 1.3) * g.paddle_h
             self._use_mouse = bool(self.rng.random() < 0.5)
@@ -118,17 +118,19 @@ class PongAgent(Agent):
 class MazeAgent(Agent):
     """Walks from cell centre to neighbouring cell centre, choosing less visited neighbours at junctions.
 
-    Now and then it breaks off into a short behaviour: walking straight ahead (into walls), looking around,
-    stepping back or strafing. Each leg of the walk turns either with the arrow keys or with the mouse.
+    Each leg of the walk draws how to steer: arrow keys or the mouse, and whether to keep to the middle of the
+    corridor by strafing. Blocked for a while, it steps back and plans again from where it stands. Now and then it
+    breaks off into a short behaviour: walking straight ahead (into walls, then backing off), looking around,
+    strafing or stepping back.
     """
 
-    BEHAVIOURS = {"bump": 0.012, "look": 0.012, "back": 0.006, "strafe": 0.012}  # chance a tick to start one
+    BEHAVIOURS = {"bump": 0.004, "look": 0.004, "strafe": 0.003, "back": 0.001}  # chance a tick to start one
 
     def new_episode(self) -> None:
         self._visits: dict[tuple[int, int], int] = {}
         self._target, self._prev = None, None
         self._behaviour, self._left = None, 0
-        self._use_mouse, self._turn_sign = False, 1
+        self._use_mouse, self._centre, self._turn_sign = False, False, 1
         self._still, self._last_pos, self._walking = 0, None, False
 
     def _walkable(self, r: int, c: int) -> bool:
@@ -148,40 +150,49 @@ class MazeAgent(Agent):
         weights = np.array([1.0 / (1 + self._visits.get(o, 0)) ** 2 for o in options])
         return options[self.rng.choice(len(options), p=weights / weights.sum())]
 
+    def _start(self, behaviour: str, ticks: int) -> np.ndarray:
+        self._behaviour, self._left = behaviour, ticks
+        self._turn_sign = int(self.rng.choice([-1, 1]))
+        return self._behave()
+
     def _act(self) -> np.ndarray:
         g = self.game
-        pos = np.array(g.player_pos)
-        here = g.cell
+        pos, here = np.array(g.player_pos), g.cell
         self._visits.setdefault(here, 0)
-        # Stuck against something while walking: go back to the centre of this cell and plan again.
         blocked = self._walking and self._last_pos is not None and np.allclose(pos, self._last_pos)
         self._still = self._still + 1 if blocked else 0
         self._last_pos, self._walking = pos, False
-        if self._behaviour is None and self._still > 10:
-            self._target, self._prev = here, None
         if self._behaviour is not None:
             self._left -= 1
             if self._left >= 0:
                 return self._behave()
-            self._behaviour, self._target, self._prev = None, here, None  # re-centre afterwards
+            ended, self._behaviour, self._target, self._prev = self._behaviour, None, here, None  # then re-centre
+            if ended == "bump":  # walked into whatever was ahead: step back from it
+                return self._start("back", int(self.rng.integers(3, 9)))
+        if self._still > 8:  # pressed against something: back off, then plan again from here
+            self._still = 0
+            return self._start("back", int(self.rng.integers(3, 9)))
         for name, p in self.BEHAVIOURS.items():
             if self.rng.random() < p:
-                self._behaviour, self._left = name, int(self.rng.integers(6, 25))
-                self._turn_sign = int(self.rng.choice([-1, 1]))
-                return self._behave()
+                return self._start(name, int(self.rng.integers(6, 25)))
         if self._target is None or np.hypot(*(pos - (self._target[1] + 0.5, self._target[0] + 0.5))) < 0.25:
-            if self._target is not None and self._target != here:
-                here = self._target
-            nxt = self._next_cell(here)
-            self._prev, self._target = here, nxt
-            self._visits[nxt] = self._visits.get(nxt, 0) + 1
+            start = here if self._target is None else self._target
+            self._prev, self._target = start, self._next_cell(start)
+            self._visits[self._target] = self._visits.get(self._target, 0) + 1
             if self.rng.random() < 0.3:
                 self._use_mouse = not self._use_mouse
+            self._centre = bool(self.rng.random() < 0.5)
         goal = np.array([self._target[1] + 0.5, self._target[0] + 0.5])
         desired = np.arctan2(goal[1] - pos[1], goal[0] - pos[0])
         error = (desired - g.player_angle + np.pi) % (2 * np.pi) - np.pi
         keys = ["W"] if abs(error) < np.radians(35) else []
         self._walking = bool(keys)
+        if keys and self._centre and self._prev not in (None, self._target):
+            # Distance to the right of the line between the two cell centres; strafe back toward it.
+            line = np.array([self._target[1] - self._prev[1], self._target[0] - self._prev[0]], float)
+            off = line[0] * (pos[1] - goal[1]) - line[1] * (pos[0] - goal[0])
+            if abs(off) > 0.06:
+                keys.append("A" if off > 0 else "D")
         return self._steer(error, keys)
 
     def _steer(self, error: float, keys: list) -> np.ndarray:

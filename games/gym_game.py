@@ -13,6 +13,8 @@ Gymnasium is imported only when a GymGame is made: the rest of ``games`` works w
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
@@ -130,7 +132,9 @@ def _derived_seed(seed: int, episode: int) -> int:
 def _make(gym, env_id: str, make_kwargs: dict):
     """``gym.make`` with rgb_array rendering; unknown ids and failing constructors become one-line InputErrors."""
     try:
-        return gym.make(env_id, render_mode="rgb_array", **make_kwargs)
+        with warnings.catch_warnings():  # an env without rgb_array gets our one-line error instead of gym's warning
+            warnings.filterwarnings("ignore", message=".*not in the possible render_modes")
+            return gym.make(env_id, render_mode="rgb_array", **make_kwargs)
     except gym.error.Error as e:  # unknown id, namespace or version; a missing optional dependency
         raise InputError(f"cannot make Gymnasium environment {env_id!r}: {str(e).splitlines()[0]}") from None
     except (TypeError, ValueError, ImportError, ModuleNotFoundError) as e:

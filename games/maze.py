@@ -91,7 +91,7 @@ class Maze(Game):
     fps = 30
     default_bindings = {"W": ("w",), "A": ("a",), "S": ("s",), "D": ("d",), "LEFT": ("left",), "RIGHT": ("right",)}
 
-    def __init__(self, width: int = 64, height: int = 64, rooms: int = 7, loops: float = 0.12, halls: int = 2):
+    def __init__(self, width: int = 64, height: int = 64, rooms: int = 7, loops: float = 0.15, halls: int = 2):
         """``rooms``: rooms a side (the grid is 2 * rooms + 1 cells a side); ``loops``: fraction of the remaining
         inner walls opened after carving; ``halls``: 3x3 halls, each with a pillar in the middle."""
         super().__init__(width, height)
@@ -249,7 +249,7 @@ class Maze(Game):
         rgb[in_door] = DOOR
         rgb[door[None] & (v > 0.18) & (np.abs(u - 0.5) > 0.19)[None]] *= 0.55  # door frame
         rgb[(v > 0.9) | ((u < 0.05) | (u > 0.95))[None]] *= 0.6
-        shade = np.where(side == 1, 0.72, 1.0) * np.exp(-0.16 * dist)  # [W]
+        shade =  np.exp(-0.16 * dist)  # [W]
         wall_rgb = rgb * shade[None, :, None] + FOG * (1 - np.exp(-0.16 * dist))[None, :, None]
         colour = np.where(wall[..., None], wall_rgb, colour)
         self._draw_pillars(colour, forward, right, dist)

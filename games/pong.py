@@ -30,8 +30,8 @@ CENTRE_LINE = (70, 74, 110)
 PLAYER = (40, 220, 255)  # cyan
 OPPONENT = (255, 110, 40)  # orange
 BALL = (255, 245, 90)  # yellow
-PLAYER_SCORE = (30, 140, 170)  # the side's colour, dimmed so the score never reads as a sprite
-OPPONENT_SCORE = (170, 80, 35)
+PLAYER_SCORE = (30, 150, 185)  # the side's colour, dimmed so the score never reads as a sprite
+OPPONENT_SCORE = (185, 85, 35)
 
 
 def draw_text(frame: np.ndarray, text: str, x: int, y: int, scale: int, colour) -> None:
@@ -55,7 +55,7 @@ class Pong(Game):
     fps = 30
     default_bindings = {"UP": ("up", "w"), "DOWN": ("down", "s")}
 
-    def __init__(self, width: int = 64, height: int = 64, max_score: int = 9, opponent_speed: float = 1.15,
+    def __init__(self, width: int = 64, height: int = 64, max_score: int = 9, opponent_speed: float = 1.0,
                  serve_delay: int = 15):
         """``max_score``: a point past it starts a new match at 0-0 (so scores stay single digits);
         ``opponent_speed``: the AI paddle's top speed in pixels a tick at 64 px height (the player's is 2.0);
@@ -71,7 +71,7 @@ class Pong(Game):
         self.paddle_h = max(12, round(12 * sy))
         self.ball_size = max(4, round(4 * min(sx, sy)))
         self.paddle_x = (max(2, round(3 * sx)), self.width - max(2, round(3 * sx)) - self.paddle_w)  # left edges
-        self.font_scale = max(1, round(self.height / 64))
+        self.font_scale = max(2, round(1.5 * self.height / 64))  # 6x10 px digits at 64 px height
         self._space = ActionSpace(keys=("UP", "DOWN"), mouse=True, mouse_scale=20.0)
         self.reset(0)
 
@@ -138,7 +138,7 @@ class Pong(Game):
         self._paddles[0] += move * self._sy
         # Opponent: follows the ball (plus its aim) while the ball comes at it, else drifts back to the middle.
         ball_cy = self._ball[1] + self.ball_size / 2
-        coming = self._wait == 0 and self._vel[0] > 0
+        coming = self._wait == 0 and self._vel[0] > 0 and self._ball[0] > self.width * 0.4  # reacts late
         target = ball_cy + self._aim if coming else self.height / 2
         error = target - (self._paddles[1] + self.paddle_h / 2)
         limit = self.opponent_speed * self._sy * (1.0 if coming else 0.5)
@@ -204,7 +204,7 @@ class Pong(Game):
         for value, centre, colour in ((self._score[0], w // 4, PLAYER_SCORE), (self._score[1], 3 * w // 4,
                                                                                 OPPONENT_SCORE)):
             text = str(value)
-            draw_text(frame, text, centre - text_width(text, s) // 2, 2 * s, s, colour)
+            draw_text(frame, text, centre - text_width(text, s) // 2, s, s, colour)
         for side, colour in ((0, PLAYER), (1, OPPONENT)):
             top = int(round(self._paddles[side]))
             frame[top:top + self.paddle_h, self.paddle_x[side]:self.paddle_x[side] + self.paddle_w] = colour

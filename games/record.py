@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from games.actions import ActionSpace
 from games.errors import InputError
 from games.recording import (CHUNK_RE, EPISODE_RE, LOCK, MANIFEST, PARTIAL_RE, Recording, RecordingError,
                              RecordingWriter, episode_dir_name, read_manifest, scan_episode)
-from games.actions import ActionSpace
 
 REPLAY_BLOCK = 256  # frames read at a time while replaying an episode to resume it
 

@@ -28,7 +28,7 @@ import os
 import re
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +60,6 @@ def episode_dir_name(index: int) -> str:
 
 def chunk_name(start: int) -> str:
     return f"{start:08d}.safetensors"
-
-
-def partial_name(start: int) -> str:
-    return f".{start:08d}.safetensors.partial"
 
 
 def chunk_crc(frames: np.ndarray, actions: np.ndarray) -> int:
@@ -116,7 +112,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: temporary file, fsync, rename, fsync of the folder."""
+    """Write ``data`` to ``path`` whole or not at all: to ``.NAME.partial`` beside it, fsync, rename (atomic on
+    POSIX), fsync of the folder so that the rename itself survives a power cut."""
     tmp = path.parent / f".{path.name}.partial"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -318,6 +315,7 @@ class RecordingWriter:
         if chunk_frames < 1:
             raise RecordingError(f"chunk_frames must be >= 1, got {chunk_frames}")
         self.root = Path(root)
+        self.manifest_stale = False  # True while the manifest file is behind self.manifest
         self.action_space, self.height, self.width = action_space, int(height), int(width)
         self.chunk_frames = int(chunk_frames)
         want = {"game": str(game), "action_space": action_space.to_dict(), "fps": fps,
@@ -326,21 +324,27 @@ class RecordingWriter:
             raise RecordingError(f"cannot record to {self.root}: it is a file")
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = _acquire_lock(self.root)
-        if (self.root / MANIFEST).exists():
-            self.manifest = read_manifest(self.root)
-            for key, value in want.items():
-                if self.manifest[key] != value:
-                    self.close()
-                    what = "resolution" if key in ("height", "width") else key.replace("_", " ")
-                    raise RecordingError(f"{self.root} was recorded with {what} {key}={self.manifest[key]!r}, "
-                                         f"not {value!r}: record to another folder")
-        elif [n for n in os.listdir(self.root) if n != LOCK]:
+        try:
+            self.manifest = self._open_or_create(want)
+        except BaseException:
             self.close()
+            raise
+
+    def _open_or_create(self, want: dict) -> dict:
+        if (self.root / MANIFEST).exists():
+            manifest = read_manifest(self.root)
+            for key, value in want.items():
+                if manifest[key] != value:
+                    what = "resolution" if key in ("height", "width") else key.replace("_", " ")
+                    raise RecordingError(f"{self.root} was recorded with {what} {key}={manifest[key]!r}, "
+                                         f"not {value!r}: record to another folder")
+            return manifest
+        if [n for n in os.listdir(self.root) if n != LOCK]:
             raise RecordingError(f"cannot record to {self.root}: folder is not empty and has no {MANIFEST}")
-        else:
-            self.manifest = {"format": FORMAT, "version": VERSION, **want, "chunk_frames": self.chunk_frames,
-                             "episodes": []}
-            self._write_manifest()
+        self.manifest = {"format": FORMAT, "version": VERSION, **want, "chunk_frames": self.chunk_frames,
+                         "episodes": []}
+        self._write_manifest()  # an empty dataset is a valid dataset from the start
+        return self.manifest
 
     @property
     def episodes(self) -> list[dict]:
@@ -355,6 +359,7 @@ class RecordingWriter:
         if ep_dir.exists() and os.listdir(ep_dir):
             raise RecordingError(f"{ep_dir} exists and is not in {self.root / MANIFEST}: move it away first")
         # The manifest entry comes first: a chunk on disk always has an entry (seed, agent) that explains it.
+        seed = None if seed is None else int(seed)
         self.manifest["episodes"].append({"name": ep_dir.name, "frames": 0, "seed": seed, "agent": agent,
                                           "complete": False, "source": source or {}})
         self._write_manifest()
@@ -398,22 +403,17 @@ class RecordingWriter:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
+        self.manifest_stale = True  # until the write below completes (an interrupt may land inside it)
         atomic_write(self.root / MANIFEST, (json.dumps(self.manifest, indent=1) + "\n").encode())
+        self.manifest_stale = False
 
     def _write_chunk(self, index: int, start: int, frames: np.ndarray, actions: np.ndarray) -> None:
-        """One immutable chunk file, whole or not at all (see the module docstring)."""
+        """One immutable chunk file, written whole or not at all (via ``.00000256.safetensors.partial``)."""
         from safetensors.numpy import save
         meta = {"format": FORMAT, "episode": str(index), "start": str(start), "count": str(len(frames)),
                 "crc32": str(chunk_crc(frames, actions))}
-        ep_dir = self.root / episode_dir_name(index)
-        tmp, final = ep_dir / partial_name(start), ep_dir / chunk_name(start)
         data = save({"frames": frames, "actions": actions}, metadata=meta)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(ep_dir)
+        atomic_write(self.root / episode_dir_name(index) / chunk_name(start), data)
 
 
 class EpisodeWriter:
@@ -452,14 +452,16 @@ class EpisodeWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered frames as a chunk now (a short one if the buffer is not full)."""
-        if self._buffered == 0:
-            return
-        n = self._buffered
-        self.writer._write_chunk(self.index, self.frames_on_disk, self._frames[:n], self._actions[:n])
-        self.frames_on_disk += n
-        self._buffered = 0
-        self.writer._update(self.index, frames=self.frames_on_disk)
+        """Write the buffered frames as a chunk now (a short one if the buffer is not full). Safe to call again
+        after an interrupt inside it: a chunk is rewritten whole, an unfinished manifest write is redone."""
+        if self._buffered:
+            n = self._buffered
+            self.writer._write_chunk(self.index, self.frames_on_disk, self._frames[:n], self._actions[:n])
+            self.frames_on_disk += n
+            self._buffered = 0
+            self.writer._update(self.index, frames=self.frames_on_disk)
+        elif self.writer.manifest_stale:
+            self.writer._write_manifest()
 
     def close(self) -> None:
         """Flush and mark the episode complete."""

@@ -58,53 +58,75 @@ def upscale(frame: np.ndarray, scale: int) -> np.ndarray:
     return frame
 
 
-def write_mp4(path, frames: Iterable[np.ndarray], fps: float, scale: int = 1, crf: int = 14) -> int:
-    """Encode uint8 [H, W, 3] frames to an H.264 mp4 at ``fps``; returns the number of frames written.
+class VideoWriter:
+    """Streams uint8 [H, W, 3] frames into an H.264 mp4 at ``fps`` (use as a context manager).
 
     ``scale`` upscales each frame (nearest neighbour) first; ``crf`` is x264's quality (0 lossless, ~18 visually
-    lossless). The file appears whole or not at all (written beside, then renamed).
+    lossless). The file appears whole or not at all: it is written beside ``path`` and renamed on a clean close;
+    an exception inside the ``with`` block leaves no file.
     """
-    path = Path(path)
-    if not (isinstance(scale, int) and 1 <= scale <= 32):
-        raise InputError(f"scale must be an integer in 1..32, got {scale!r}")
-    if not fps > 0:
-        raise InputError(f"fps must be positive, got {fps!r}")
-    it = iter(frames)
-    first = next(it, None)
-    if first is None:
-        raise InputError(f"no frames to write to {path}")
-    import av  # lazily: only video export and import need FFmpeg
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".partial" + path.suffix)
-    n = 0
-    try:
-        with av.open(str(partial), "w", format="mp4") as container:
-            shape = None
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(int(crf)), "preset": "medium"}
-            for frame in _chain(first, it):
-                frame = np.asarray(frame)
-                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-                    raise ValueError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
-                if shape is None:
-                    shape = frame.shape
-                    big = upscale(frame, scale)
-                    stream.height, stream.width = big.shape[:2]
-                elif frame.shape != shape:
-                    raise ValueError(f"frame {n} has shape {frame.shape}, the first had {shape}")
-                video_frame = av.VideoFrame.from_ndarray(upscale(frame, scale), format="rgb24")
-                for packet in stream.encode(video_frame):
-                    container.mux(packet)
-                n += 1
-            for packet in stream.encode():  # flush the encoder's delayed frames
-                container.mux(packet)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return n
+    def __init__(self, path, fps: float, scale: int = 1, crf: int = 14):
+        if not (isinstance(scale, int) and 1 <= scale <= 32):
+            raise InputError(f"scale must be an integer in 1..32, got {scale!r}")
+        if not fps > 0:
+            raise InputError(f"fps must be positive, got {fps!r}")
+        self.path, self.fps, self.scale, self.crf = Path(path), fps, scale, crf
+        self.partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        self.frames = 0
+        self._av = _av()
+        self._container = self._stream = self._shape = None
+
+    def write(self, frame: np.ndarray) -> None:
+        av = self._av
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        if self._shape is not None and frame.shape != self._shape:
+            raise ValueError(f"frame {self.frames} has shape {frame.shape}, the first had {self._shape}")
+        big = upscale(frame, self.scale)  # [H*scale, W*scale, 3], even sizes
+        if self._container is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.partial), "w", format="mp4")
+            self._stream = self._container.add_stream("libx264", rate=Fraction(self.fps).limit_denominator(100_000))
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(int(self.crf)), "preset": "medium"}
+            self._shape = frame.shape
+            self._stream.height, self._stream.width = big.shape[:2]
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(big, format="rgb24")):
+            self._container.mux(packet)
+        self.frames += 1
+
+    def close(self, keep: bool = True) -> None:
+        """Finish the file (``keep``) or throw it away."""
+        try:
+            if self._container is not None:
+                if keep:
+                    for packet in self._stream.encode():  # flush the encoder's delayed frames
+                        self._container.mux(packet)
+                self._container.close()
+                self._container = None
+                if keep:
+                    os.replace(self.partial, self.path)
+        finally:
+            if self.partial.exists():
+                self.partial.unlink()
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.close(keep=exc_type is None)
+
+
+def write_mp4(path, frames: Iterable[np.ndarray], fps: float, scale: int = 1, crf: int = 14) -> int:
+    """Encode uint8 [H, W, 3] frames to an H.264 mp4 at ``fps``; returns the number of frames written."""
+    with VideoWriter(path, fps, scale, crf) as writer:
+        for frame in frames:
+            writer.write(frame)
+    if writer.frames == 0:
+        raise InputError(f"no frames to write to {path}")
+    return writer.frames
 
 
 def export_mp4(data_root, out_path, episode: int | str | None = None, scale: int = 4,
@@ -200,6 +222,12 @@ def import_video(video, actions, out, width: int | None = None, height: int | No
         if duration is not None and first_entry >= duration - TIME_EPS:
             raise InputError(f"action log {actions} starts at {first_entry:.3f} s, after the end of {video} "
                              f"({duration:.3f} s): it covers none of the video")
+        decoded = [0]  # source frames decoded so far, counted by _decode
+        ticks = _resample(_decode(container, stream, video, decoded), fps, source_fps)
+        first = next(ticks, None)  # before anything is written: a video without frames leaves no episode
+        if first is None:
+            raise InputError(f"{video} has no video frames")
+        before = int(np.ceil(first_entry * fps - TIME_EPS))  # leading ticks before the log's first entry
         from tqdm import tqdm
 
         bar = tqdm(total=round(duration * fps) if duration else None, unit="frame", disable=not progress,
@@ -208,20 +236,16 @@ def import_video(video, actions, out, width: int | None = None, height: int | No
         source = {"video": str(video), "actions": str(actions), "source_fps": source_fps}
         with RecordingWriter(out, game, space, fps, height, width, chunk_frames=chunk_frames) as writer, \
                 writer.begin_episode(source=source) as ep, bar:
-            ticks = _resample(_decode(container, stream, video), fps, source_fps)
-            n_src = n = 0
-            for (frame, n_src), action in zip(ticks, log.tick_actions(fps, source_fps)):
+            n = 0
+            for frame, action in zip(_chain(first, ticks), log.tick_actions(fps, source_fps)):
                 ep.append(_resize(frame, width, height), action)
                 n += 1
                 bar.update(1)
+            if before >= n:  # only reached when the header gave no duration: the episode stays incomplete
+                raise InputError(f"action log {actions} starts at {first_entry:.3f} s, after the end of {video}: "
+                                 f"it covers none of the video ({ep.name} left incomplete)")
         name = ep.name
-    if n == 0:
-        raise InputError(f"{video} has no video frames")
-    before = min(n, int(np.ceil(first_entry * fps - TIME_EPS)))
-    if before >= n:
-        raise InputError(f"action log {actions} starts at {first_entry:.3f} s, after the end of {video}: "
-                         "it covers none of the video")
-    return ImportSummary(out, name, n, fps, n_src, source_fps, before)
+    return ImportSummary(out, name, n, fps, decoded[0], source_fps, min(before, n))
 
 
 def _existing_dataset(out: Path, Recording):
@@ -247,9 +271,17 @@ def _show(v):
     return v.to_dict() if isinstance(v, ActionSpace) else v
 
 
-def _open_video(video: Path):
-    import av
+def _av():
+    """PyAV, imported lazily: only video export and import need FFmpeg (the optional extra ``video``)."""
+    try:
+        import av
+    except ImportError:
+        raise InputError("video import and export need PyAV: pip install av") from None
+    return av
 
+
+def _open_video(video: Path):
+    av = _av()
     if not video.is_file():
         raise InputError(f"video not found: {video}")
     try:
@@ -280,24 +312,24 @@ def _duration(container, stream) -> float | None:
     return None
 
 
-def _decode(container, stream, video) -> Iterator[tuple[float, object]]:
-    """(seconds since the first frame, PyAV frame) in display order."""
-    import av
+def _decode(container, stream, video, counter: list[int]) -> Iterator[tuple[float, object]]:
+    """(seconds since the first frame, PyAV frame) in display order; ``counter[0]`` counts them."""
+    av = _av()
 
     t0, i = None, 0
     try:
         for frame in container.decode(stream):
             t = frame.time if frame.time is not None else i / float(stream.average_rate or 30)
             t0 = t if t0 is None else t0
+            i = counter[0] = i + 1
             yield t - t0, frame
-            i += 1
     except av.error.FFmpegError as e:
         raise InputError(f"cannot decode {video} (frame {i}): {e}") from None
 
 
-def _resample(frames: Iterator[tuple[float, object]], fps: float, source_fps: float):
-    """(uint8 [H, W, 3] full-size frame, source frames so far) for ticks 0, 1, ...: the frame on screen at k/fps."""
-    k, prev, prev_rgb, n, t_last = 0, None, None, 0, 0.0
+def _resample(frames: Iterator[tuple[float, object]], fps: float, source_fps: float) -> Iterator[np.ndarray]:
+    """Full-size uint8 [H, W, 3] frames of ticks 0, 1, ...: tick k shows the source frame on screen at k / fps."""
+    k, prev, prev_rgb, t_last = 0, None, None, 0.0
 
     def rgb():  # convert only source frames that some tick shows
         nonlocal prev_rgb
@@ -307,12 +339,12 @@ def _resample(frames: Iterator[tuple[float, object]], fps: float, source_fps: fl
 
     for t, frame in frames:
         while prev is not None and k / fps < t - TIME_EPS:  # tick k comes before this frame: the previous shows
-            yield rgb(), n
+            yield rgb()
             k += 1
-        prev, prev_rgb, n, t_last = frame, None, n + 1, t
+        prev, prev_rgb, t_last = frame, None, t
     end = t_last + 1.0 / source_fps  # the last frame stays on screen for one source frame
     while prev is not None and k / fps < end - TIME_EPS:
-        yield rgb(), n
+        yield rgb()
         k += 1
 
 

@@ -105,6 +105,8 @@ class Window:
         if sys.platform.startswith("linux") and not explicit_driver and not (
                 os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise _no_display_error()
+        if pygame.display.get_init() and pygame.display.get_driver() in ("offscreen", "dummy") and not explicit_driver:
+            pygame.display.quit()  # initialised without a display earlier (e.g. by a Gymnasium renderer)
         try:
             pygame.display.init()
         except pygame.error as e:

@@ -6,11 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from games.action_log import read_action_log, write_action_log
-from games.actions import ActionSpace
-from games.errors import InputError
-from games.recording import Recording, RecordingWriter
-from games.video import export_mp4, hstack, import_video, write_mp4
+pytest.importorskip("av")
+
+from games.action_log import read_action_log, write_action_log  # noqa: E402
+from games.actions import ActionSpace  # noqa: E402
+from games.errors import InputError  # noqa: E402
+from games.recording import Recording, RecordingWriter  # noqa: E402
+from games.video import export_mp4, hstack, import_video, write_mp4  # noqa: E402
 
 FPS = 30
 N = 40
@@ -72,7 +74,7 @@ def test_round_trip_same_rate(dataset, exported, tmp_path):
     rec = Recording(tmp_path / "imported")
     assert (rec.fps, rec.height, rec.width, rec.action_space) == (FPS, 64, 64, SPACE)
     ep = rec.episodes[0]
-    assert summary.frames == ep.length == N and summary.source_frames == N
+    assert summary.frames == ep.length == N and summary.source_frames == N and summary.before_log == 0
     np.testing.assert_array_equal(ep.actions(0, N), actions)  # identical, mouse included
     got = ep.frames(0, N)
     per_frame = [psnr(g, f) for g, f in zip(got, frames)]
@@ -83,9 +85,9 @@ def test_round_trip_same_rate(dataset, exported, tmp_path):
 def test_half_rate_resampling(dataset, exported, tmp_path):
     _, frames, actions = dataset
     video, log = exported
-    import_video(video, log, tmp_path / "half", fps=FPS / 2, progress=False)
+    summary = import_video(video, log, tmp_path / "half", fps=FPS / 2, progress=False)
     ep = Recording(tmp_path / "half").episodes[0]
-    assert ep.length == N // 2
+    assert ep.length == summary.frames == N // 2 and summary.source_frames == N
     got = ep.actions(0, ep.length)
     # Tick k is source frame 2k: its keys and button; mouse motion of frames 2k and 2k+1 summed (then clipped).
     np.testing.assert_array_equal(got[:, :5], actions[::2, :5])

@@ -78,3 +78,13 @@ def test_headless_renders_with_egl():
         np.testing.assert_array_equal(display.read_screen(), _scaled(frame, 4))
     finally:
         display.close()
+
+
+def test_headless_game_writes_a_video_without_a_display(cli, tmp_path):
+    r = cli("game", "game=pong", "headless=true", "agent=random", "frames=10", f"video={tmp_path}/p.mp4",
+            "runtime.fps=200", env={"DISPLAY": ""})
+    assert r.returncode == 0, r.stderr
+    import av
+
+    with av.open(str(tmp_path / "p.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 11

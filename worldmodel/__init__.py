@@ -1,0 +1,1 @@
+"""The world model: codec, denoiser, Rolling Forcing inference and training (plain PyTorch, no window)."""

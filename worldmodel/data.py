@@ -89,7 +89,7 @@ def split_episodes(recording: Recording, val_fraction: float, seed: int = 0) -> 
 
 
 def measure_clip_read(dataset: ClipDataset, n: int = 5000, seed: int = 0) -> float:
-    """Median seconds to read one random clip (after touching every chunk once, as a training loop would)."""
+    """Median seconds to read one random clip (frames and actions), after a warm-up that opens the chunk files."""
     rng = np.random.default_rng(seed)
     for _ in range(min(n, 200)):  # warm-up: open the chunk handles, fault in the pages
         dataset.sample(rng)

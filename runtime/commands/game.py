@@ -35,16 +35,34 @@ def run(cfg) -> int:
         writer = RecordingWriter(cfg.out, game=game.name, action_space=game.action_space, fps=game.fps,
                                  height=game.height, width=game.width, chunk_frames=int(cfg.chunk_frames))
         episode = writer.begin_episode(seed=int(cfg.seed), agent=cfg.agent or "human")
+    video = None
+    if cfg.video:
+        from games.video import VideoWriter
+
+        video = VideoWriter(cfg.video, fps=rt.fps or game.fps, scale=4)
+
+    def on_frame(frame, action):
+        if episode is not None:
+            episode.append(frame, action)
+        if video is not None:
+            video.write(frame)
+
     try:
         session = PlaySession(game, display, InputMapper(game.action_space, bindings), fps=rt.fps, agent=agent,
-                              on_frame=episode.append if episode is not None else None,
-                              title=f"rollingworld: {game.name}")
+                              on_frame=on_frame, title=f"rollingworld: {game.name}")
         result = session.run(seed=int(cfg.seed), frames=cfg.frames)
+        if video is not None:
+            video.write(result.last_frame)
     finally:
         if episode is not None:
             episode.close()
+            writer.close()
+        if video is not None:
+            video.close()
         display.close()
     print(f"{game.name}: {result.stats.summary()}")
+    if video is not None:
+        print(f"wrote {video.frames} frames to {cfg.video}")
     if episode is not None:
         print(f"recorded {episode.frames_written} frames to {cfg.out}")
     return 0
