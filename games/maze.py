@@ -249,7 +249,7 @@ class Maze(Game):
         rgb[in_door] = DOOR
         rgb[door[None] & (v > 0.18) & (np.abs(u - 0.5) > 0.19)[None]] *= 0.55  # door frame
         rgb[(v > 0.9) | ((u < 0.05) | (u > 0.95))[None]] *= 0.6
-        shade =  np.exp(-0.16 * dist)  # [W]
+        shade = np.where(side == 1, 0.72, 1.0) * np.exp(-0.16 * dist)  # [W]
         wall_rgb = rgb * shade[None, :, None] + FOG * (1 - np.exp(-0.16 * dist))[None, :, None]
         colour = np.where(wall[..., None], wall_rgb, colour)
         self._draw_pillars(colour, forward, right, dist)

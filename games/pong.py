@@ -83,17 +83,17 @@ class Pong(Game):
     @property
     def paddle_y(self) -> float:
         """Centre y of the player's paddle."""
-        return self._paddles[0] + self.paddle_h / 2
+        return float(self._paddles[0] + self.paddle_h / 2)
 
     @property
     def opponent_y(self) -> float:
         """Centre y of the opponent's paddle."""
-        return self._paddles[1] + self.paddle_h / 2
+        return float(self._paddles[1] + self.paddle_h / 2)
 
     @property
     def ball_pos(self) -> tuple[float, float]:
         """Centre (x, y) of the ball."""
-        return self._ball[0] + self.ball_size / 2, self._ball[1] + self.ball_size / 2
+        return float(self._ball[0] + self.ball_size / 2), float(self._ball[1] + self.ball_size / 2)
 
     @property
     def ball_vel(self) -> tuple[float, float]:
@@ -201,8 +201,8 @@ class Pong(Game):
         frame[rows, cx:cx + line_w] = CENTRE_LINE
         # Scores in the top quarters of each half, behind the sprites.
         s = self.font_scale
-        for value, centre, colour in ((self._score[0], w // 4, PLAYER_SCORE), (self._score[1], 3 * w // 4,
-                                                                                OPPONENT_SCORE)):
+        sides = ((self._score[0], w // 4, PLAYER_SCORE), (self._score[1], 3 * w // 4, OPPONENT_SCORE))
+        for value, centre, colour in sides:
             text = str(value)
             draw_text(frame, text, centre - text_width(text, s) // 2, s, s, colour)
         for side, colour in ((0, PLAYER), (1, OPPONENT)):

@@ -67,11 +67,10 @@ def test_frames_are_uint8_at_any_resolution(name, size):
 def test_same_seed_and_actions_give_same_frames(name):
     a, b = make_game(name), make_game(name)
     actions = [make_agent("random", a, 3).act() for _ in range(60)]
-    a.reset(7), b.reset(7)
-    assert np.array_equal(run(a, actions), run(b, actions))
-    b.reset(8)
-    a.reset(7)
-    assert not np.array_equal(run(a, actions), run(b, actions))
+    for seed_a, seed_b, same in ((7, 7, True), (7, 8, False)):
+        a.reset(seed_a)
+        b.reset(seed_b)
+        assert np.array_equal(run(a, actions), run(b, actions)) == same
 
 
 def test_different_seeds_make_different_mazes_and_serves():
@@ -108,24 +107,16 @@ def test_pong_sprites_are_bold_and_distinct():
 
 
 @pytest.mark.parametrize("encode, sign", [({"keys": ["UP"]}, -1), ({"keys": ["DOWN"]}, 1), ({"dy": 15.0}, 1),
-                                          ({"dy": -15.0}, -1)])
+                                          ({"dy": -15.0}, -1), ({"dx": 20.0}, 0)])
 def test_pong_controls_move_the_paddle_and_its_pixels(encode, sign):
     game = make_game("pong")
     start = game.reset(0)
     y0, rows0 = game.paddle_y, paddle_rows(start, game)
     frame = hold(game, 5, **encode)
-    assert np.sign(game.paddle_y - y0) == sign and abs(game.paddle_y - y0) >= 5
+    assert np.sign(game.paddle_y - y0) == sign and abs(game.paddle_y - y0) >= 5 * abs(sign)
     assert np.sign(paddle_rows(frame, game).mean() - rows0.mean()) == sign
     hold(game, 60, **encode)  # the paddle stays on the screen
     assert game.paddle_h / 2 <= game.paddle_y <= game.height - game.paddle_h / 2
-
-
-def test_pong_horizontal_mouse_does_nothing():
-    game = make_game("pong")
-    game.reset(0)
-    y0 = game.paddle_y
-    hold(game, 5, dx=20.0)
-    assert game.paddle_y == y0
 
 
 def aim(game, offset, vel=(-1.4, 0.0)):
@@ -229,8 +220,8 @@ def test_maze_turning_with_keys_and_mouse(encode, sign):
     turned = (game.player_angle - a0 + np.pi) % (2 * np.pi) - np.pi
     assert np.sign(round(turned, 6)) == sign and game.player_pos == pos0
     assert np.array_equal(frame, start) == (sign == 0)
-    if sign:
-        assert abs(turned) == pytest.approx(np.radians(10.0 if "keys" in encode else 20.0 * abs(encode["dx"]) / 20))
+    per_tick = maze_mod.KEY_TURN if "keys" in encode else maze_mod.MOUSE_TURN * abs(encode.get("dx", 0)) / 20.0
+    assert abs(turned) == pytest.approx(2 * per_tick * abs(sign))  # 5 degrees a key tick, 10 at full deflection
 
 
 def test_maze_walls_block_movement():
@@ -258,7 +249,8 @@ def passages(game):
         r, c = todo.pop()
         for n in ((r + 1, c), (r - 1, c), (r, c + 1), (r, c - 1)):
             if free[n] and n not in seen:
-                seen.add(n), todo.append(n)
+                seen.add(n)
+                todo.append(n)
     assert len(seen) == free.sum()  # every open cell can be reached
     return len(seen), (free[1:] & free[:-1]).sum() + (free[:, 1:] & free[:, :-1]).sum()
 
@@ -348,29 +340,18 @@ def test_maze_doors_and_bright_landmark_walls_are_drawn(kind):
     if kind == "doors":
         cells, colours = np.argwhere(game._door), shaded([maze_mod.DOOR])
     else:
-        bright = np.isin(game._wall_rgb.reshape(-1, 3).view([("", np.float32)] * 3),
-                         maze_mod.LANDMARKS.view([("", np.float32)] * 3)).reshape(game.grid.shape)
-        cells, colours = np.argwhere(bright), shaded(maze_mod.LANDMARKS)
+        bright = game._wall_rgb.max(-1) - game._wall_rgb.min(-1) > 100  # the quarters' wall colours are muted
+        cells, colours = np.argwhere(bright & game.grid), shaded(maze_mod.LANDMARKS)
     seen = [p for p in (facing(game, r, c) for r, c in cells) if p is not None]
     assert len(seen) >= 4
     for pixel in seen:
         assert np.abs(colours - pixel).max(axis=1).min() < 3
 
 
-def test_maze_landmarks_and_doors_show_up():
-    game = make_game("maze")
-    game.reset(5)
-    agent = make_agent("heuristic", game, 5)
-    actions, frames = [], []
-    for _ in range(600):
-        actions.append(agent.act())
-        frames.append(game.step(actions[-1]))
-    frames = np.stack(frames).astype(int)
+def test_maze_landmarks_come_into_view_while_exploring():
+    game, _, _, frames = play("maze", "heuristic", 5, 600)
     saturated = (frames.max(-1) - frames.min(-1)) > 100  # bright landmark walls and pillars; plain walls are muted
     assert saturated.any(axis=(1, 2)).mean() > 0.1
-    game.reset(5)
-    game._door[:] = False
-    assert not np.array_equal(run(game, actions), frames)
 
 
 # ---- agents ----
@@ -397,6 +378,7 @@ class Buttons(Game):
 @pytest.mark.parametrize("game", [Buttons(), make_game("pong"), make_game("maze")], ids=lambda g: g.name)
 def test_random_agent_is_sticky_valid_and_seeded(game):
     space = game.action_space
+
     def actions_of(seed):
         agent = make_agent("random", game, seed)
         return np.stack([agent.act() for _ in range(300)])
@@ -413,20 +395,21 @@ def test_random_agent_is_sticky_valid_and_seeded(game):
 
 
 def play(name, agent_name, seed, ticks):
+    """``game, actions [T, A], cells visited, frames [T, H, W, 3] (int)`` of an agent playing ``ticks`` ticks."""
     game = make_game(name)
     game.reset(seed)
     agent = make_agent(agent_name, game, seed)
-    actions, cells = [], set()
+    actions, cells, frames = [], set(), []
     for _ in range(ticks):
         actions.append(agent.act())
-        game.step(actions[-1])
+        frames.append(game.step(actions[-1]))
         cells.add(getattr(game, "cell", None))
-    return game, np.stack(actions), cells
+    return game, np.stack(actions), cells, np.stack(frames).astype(int)
 
 
 def test_pong_heuristic_returns_more_balls_than_random_with_keys_and_mouse():
-    heuristic, actions, _ = play("pong", "heuristic", 0, 900)
-    random, _, _ = play("pong", "random", 0, 900)
+    heuristic, actions, _, _ = play("pong", "heuristic", 0, 900)
+    random = play("pong", "random", 0, 900)[0]
     assert heuristic.returns >= 10 and heuristic.returns > 2 * random.returns
     assert heuristic.points[0] >= 1  # it also wins points: the opponent is beatable
     assert actions[:, :2].any() and np.abs(actions[:, 3]).max() > 0.2  # keys in some rallies, mouse in others
@@ -435,8 +418,8 @@ def test_pong_heuristic_returns_more_balls_than_random_with_keys_and_mouse():
 
 
 def test_maze_heuristic_explores_with_every_control():
-    game, actions, cells = play("maze", "heuristic", 1, 900)
-    _, _, random_cells = play("maze", "random", 1, 900)
+    game, actions, cells, _ = play("maze", "heuristic", 1, 900)
+    random_cells = play("maze", "random", 1, 900)[2]
     assert len(cells) >= 25 and len(cells) > len(random_cells)
     used = actions[:, :6].any(axis=0)
     assert used.all(), dict(zip(game.action_space.keys, used))
