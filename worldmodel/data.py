@@ -130,3 +130,13 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def with_causing_actions(frames, actions):
+    """A recorded clip of L + 1 frames -> L frames, each paired with the action that produced it.
+
+    Recordings store with frame t the action held while it was shown, which produces frame t + 1; the model
+    conditions frame t + 1 on action t. Works on numpy arrays or tensors shaped [..., L + 1, ...] along axis -4 for
+    frames ([..., T, H, W, 3]) and -2 for actions ([..., T, A]).
+    """
+    return frames[..., 1:, :, :, :], actions[..., :-1, :]

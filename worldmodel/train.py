@@ -1,0 +1,253 @@
+"""Teacher training: flow matching with diffusion forcing on clips of gameplay recordings.
+
+``rollingworld train data=DIR model=small out=DIR`` runs ``train(TrainConfig)``. The loop owns: random clips from
+the training episodes, the codec (frozen), AdamW with warm-up and gradient clipping, an EMA of the weights (what
+ships), bf16 autocast, a progress bar, validation on held-out episodes, a PNG of samples next to the truth and a
+loss plot, atomic checkpoints every few minutes and exact resume.
+
+Exact resume: every random draw of step ``k`` (clips, noise levels, noise) comes from generators seeded by
+``(seed, rank, k)``, so a run resumed from the state saved after step ``k`` repeats exactly what an uninterrupted
+run would have done. Several processes under ``torchrun`` train one model with DDP (gloo on CPU, NCCL on CUDA).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from games.errors import InputError
+from games.recording import Recording
+from worldmodel.checkpoint import save_checkpoint
+from worldmodel.codec import make_codec
+from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
+from worldmodel.flow import Denoiser, NoiseSchedule, flow_matching_loss
+from worldmodel.model import MODELS, DiT, DiTConfig, count_params
+from worldmodel.train_state import load_train_state, save_train_state
+from worldmodel.train_report import TrainReport
+
+
+@dataclass
+class TrainConfig:
+    data: str = "???"  # dataset folder (a recording)
+    out: str = "???"  # run folder: state, checkpoints, samples, plots
+    model: str = "small"  # a size from worldmodel.model.MODELS
+    patch: int = 8  # latent pixels per token side
+    codec: str = "pixels"  # "pixels", or a codec checkpoint from train-codec
+    clip_len: int = 8  # frames per training clip
+    batch: int = 8  # clips per step (per process)
+    steps: int = 0  # optimizer steps (0 = until the time budget ends)
+    minutes: float = 0.0  # time budget for this invocation (0 = until ``steps``)
+    lr: float = 3e-4
+    warmup: int = 200  # linear warm-up steps
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.999  # EMA decay of the shipped weights
+    attention: str = "causal"  # clip mask of the teacher: causal | bidirectional
+    stack_prev: bool = True  # direct path from the previous frame (see model.DiTConfig)
+    change_weight: float = 10.0  # extra loss weight where frames change (0 = plain MSE)
+    prediction: str = "x0"  # network output: x0 | v
+    val_fraction: float = 0.1  # held-out episodes for validation
+    val_every: int = 200  # steps between validation losses
+    sample_every: int = 1000  # steps between sample grids (PNG)
+    sample_steps: int = 16  # Euler steps of the many-step sampler in the grid
+    checkpoint_minutes: float = 5.0  # minutes between checkpoints
+    bf16: bool = False  # autocast matmuls to bfloat16 (CPU with AVX512-BF16/AMX, or CUDA)
+    threads: int = 0  # torch threads (0 = leave torch's default)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    resume: bool = False  # continue the run in ``out`` from its last state
+    progress: bool = True
+
+
+def _step_generators(cfg: TrainConfig, rank: int, step: int, device) -> tuple[np.random.Generator, torch.Generator]:
+    """The random sources of one step: a pure function of (seed, rank, step), hence exact resume."""
+    np_rng = np.random.default_rng([cfg.seed, rank, step])
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np_rng.integers(2**62)))
+    return np_rng, g
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if self.distributed:
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank, self.world = 0, 1
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        self._load_data()
+        self._build()
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def _load_data(self):
+        cfg = self.cfg
+        self.recording = Recording(cfg.data)
+        train_ids, val_ids = split_episodes(self.recording, cfg.val_fraction, seed=cfg.seed)
+        # clips of L + 1 recorded frames give L frames, each with the action that produced it
+        self.train_set = ClipDataset(self.recording, cfg.clip_len + 1, episodes=train_ids)
+        self.val_set = ClipDataset(self.recording, cfg.clip_len + 1, episodes=val_ids) if val_ids else None
+        if len(self.train_set) == 0:
+            raise InputError(f"{cfg.data}: no training clip of {cfg.clip_len} frames")
+
+    def _build(self):
+        cfg = self.cfg
+        if cfg.model not in MODELS:
+            raise InputError(f"unknown model size {cfg.model!r}; choose from {', '.join(MODELS)}")
+        if cfg.attention not in ("causal", "bidirectional"):
+            raise InputError(f"attention must be causal or bidirectional, got {cfg.attention!r}")
+        self.codec = make_codec({"type": "pixels"} if cfg.codec == "pixels" else cfg.codec).to(self.device).eval()
+        C, h, w = self.codec.latent_shape(self.recording.height, self.recording.width)
+        self.model_cfg = DiTConfig(**{**MODELS[cfg.model], "channels": C, "height": h, "width": w,
+                                      "patch": cfg.patch, "action_dim": self.recording.action_space.size,
+                                      "stack_prev": cfg.stack_prev})
+        torch.manual_seed(cfg.seed)
+        self.net = DiT(self.model_cfg).to(self.device)
+        self.ema = DiT(self.model_cfg).to(self.device).requires_grad_(False)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.schedule = NoiseSchedule(prediction=cfg.prediction)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
+                                     weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.history: list[dict] = []
+        if cfg.resume and (self.out / "state.safetensors").exists():
+            extra = load_train_state(self.out / "state.safetensors", {"net": self.net, "ema": self.ema},
+                                     {"opt": self.opt})
+            self.step, self.history = int(extra["step"]), list(extra.get("history", []))
+        elif not cfg.resume and (self.out / "state.safetensors").exists():
+            raise InputError(f"{self.out} already holds a run; resume=true continues it, or choose another out=")
+        train_net = self.net
+        if self.distributed:
+            train_net = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.index
+                                                is not None else None)
+        self.denoiser = Denoiser(train_net, self.schedule)
+        self.ema_denoiser = Denoiser(self.ema, self.schedule)
+        self.report = TrainReport(self.out, self.recording, self.codec, self.val_set) if self.rank == 0 else None
+
+    # -- one step ---------------------------------------------------------------------------------------------------
+    def _batch(self, dataset: ClipDataset, rng: np.random.Generator):
+        frames, actions = with_causing_actions(*dataset.sample_batch(rng, self.cfg.batch))
+        frames = torch.from_numpy(frames).to(self.device)  # uint8 [B, L, H, W, 3]; actions float32 [B, L, A]
+        with torch.no_grad():
+            x0 = self.codec.encode(frames)  # [B, L, C, h, w]
+        return x0, torch.from_numpy(actions).to(self.device)
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        rng, g = _step_generators(cfg, self.rank, self.step, self.device)
+        x0, actions = self._batch(self.train_set, rng)
+        for group in self.opt.param_groups:
+            group["lr"] = _lr(cfg, self.step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, stats = flow_matching_loss(self.denoiser, x0, actions, self.schedule, cfg.attention,
+                                             cfg.change_weight, generator=g)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.opt.step()
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                pe.lerp_(p, 1.0 - cfg.ema)
+        self.step += 1
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"loss is {loss.item()} at step {self.step}: lower lr= or disable bf16")
+        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": _lr(cfg, self.step - 1)}
+
+    @torch.no_grad()
+    def validate(self, batches: int = 4) -> float:
+        """Mean flow-matching loss of the EMA weights on held-out episodes (fixed draws, comparable over time)."""
+        if self.val_set is None:
+            return float("nan")
+        losses = []
+        for i in range(batches):
+            rng, g = _step_generators(self.cfg, 10_000 + i, 0, self.device)
+            x0, actions = self._batch(self.val_set, rng)
+            loss, _ = flow_matching_loss(self.ema_denoiser, x0, actions, self.schedule, self.cfg.attention,
+                                         self.cfg.change_weight, generator=g)
+            losses.append(loss.item())
+        return float(np.mean(losses))
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        rec = self.recording
+        return {"kind": "teacher", "model": {"size": self.cfg.model, **self.model_cfg.to_dict()},
+                "action_space": rec.action_space.to_dict(), "codec": self.codec.config(),
+                "schedule": self.schedule.to_dict(), "step": self.step, "attention": self.cfg.attention,
+                "frame": {"height": rec.height, "width": rec.width, "fps": rec.fps},
+                "provenance": {"data": str(Path(self.cfg.data).resolve()), "game": rec.game,
+                               "episodes": len(rec.episodes), "frames": rec.total_frames,
+                               "train_config": asdict(self.cfg), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                               "processes": self.world}}
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_train_state(self.out / "state.safetensors", {"net": self.net, "ema": self.ema}, {"opt": self.opt},
+                         {"step": self.step, "history": self.history})
+        tensors = {f"model.{k}": v for k, v in self.ema.state_dict().items()}
+        tensors.update({f"codec.{k}": v for k, v in self.codec.state_dict().items()})
+        save_checkpoint(self.out / "teacher.safetensors", tensors, self.metadata())
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or resume) a teacher; returns the path of the shipped checkpoint (EMA weights)."""
+    if not cfg.steps and not cfg.minutes:
+        raise InputError("say how long to train: steps=N or minutes=M")
+    trainer = Trainer(cfg)
+    cfg_path = trainer.out / "config.json"
+    if trainer.rank == 0:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+        print(f"teacher {cfg.model}: {count_params(trainer.net) / 1e6:.2f}M parameters, "
+              f"{trainer.model_cfg.tokens_per_frame} tokens a frame, {len(trainer.train_set)} training clips, "
+              f"step {trainer.step}, {trainer.world} process(es) on {trainer.device}")
+    from tqdm import tqdm
+
+    start, last_ckpt = time.monotonic(), time.monotonic()
+    total = cfg.steps or None
+    bar = tqdm(total=total, initial=trainer.step, disable=not (cfg.progress and trainer.rank == 0),
+               unit="step", dynamic_ncols=True)
+    frames_per_step = cfg.batch * cfg.clip_len * trainer.world
+    try:
+        while (not cfg.steps or trainer.step < cfg.steps) and (
+                not cfg.minutes or time.monotonic() - start < cfg.minutes * 60):
+            t0 = time.monotonic()
+            stats = trainer.train_step()
+            stats["frames_per_s"] = frames_per_step / max(time.monotonic() - t0, 1e-9)
+            if trainer.step % cfg.val_every == 0:
+                stats["val_loss"] = trainer.validate()
+            if trainer.rank == 0:
+                trainer.history.append(stats)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", fps=f"{stats['frames_per_s']:.0f}")
+                if trainer.step % cfg.sample_every == 0:
+                    trainer.report.write(trainer.ema_denoiser, trainer.history, trainer.step, cfg.sample_steps)
+            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+                trainer.save()
+                last_ckpt = time.monotonic()
+    finally:
+        bar.close()
+        trainer.save()  # also on Ctrl-C: nothing done is lost
+        if trainer.rank == 0:
+            trainer.report.write(trainer.ema_denoiser, trainer.history, trainer.step, cfg.sample_steps)
+        if trainer.distributed:
+            dist.destroy_process_group()
+    return trainer.out / "teacher.safetensors"
