@@ -19,9 +19,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "game": ("play a real game in a window (game=pong|maze|gym:<env id>, record=true saves it)",
              "runtime.commands.game:run"),
     "record": ("record a scripted agent's gameplay into a dataset (resumable)", "runtime.commands.data:record"),
-    "check": ("count and verify a dataset (data=DIR); non-zero exit if damaged", "runtime.commands.data:check"),
+    "check": ("verify a dataset (data=DIR) or describe a checkpoint (ckpt=FILE); non-zero exit if damaged",
+              "runtime.commands.data:check"),
     "import": ("turn a video + JSONL action log into a dataset", "runtime.commands.data:import_"),
     "export": ("write a dataset episode to mp4 + JSONL action log", "runtime.commands.data:export"),
+    "train": ("train the teacher world model on a dataset (data=DIR model=small out=DIR steps=N|minutes=M)",
+              "runtime.commands.model:train"),
+    "sample": ("many-step teacher rollout vs the real game to mp4, with PSNR by horizon",
+               "runtime.commands.model:sample"),
 }
 
 USAGE = "usage: rollingworld <command> [key=value ...]   (rollingworld <command> --help shows its settings)"

@@ -124,7 +124,8 @@ def read_header(path, what: str = "checkpoint") -> dict[str, str]:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise not_ours if size else CheckpointError(f"{what} {path} is empty")
+            raise CheckpointError(f"{what} {path} is truncated or not a safetensors file ({size} bytes)"
+                                  if size else f"{what} {path} is empty")
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > MAX_HEADER_BYTES:
             raise not_ours
@@ -252,11 +253,15 @@ def check_action_space(checkpoint_metadata, action_space: ActionSpace) -> None:
 
 # ------------------------------------------------------------------------------------------------- describe
 
-def _count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+def _count(n: float, units=(("B", 1e9), ("M", 1e6), ("K", 1e3)), last: str = "") -> str:
+    """7412345 -> "7.41M" (parameters); with byte units, "7.41 MB"."""
+    for unit, size in units:
         if n >= size:
             return f"{n / size:.2f}{unit}"
-    return str(int(n))
+    return f"{int(n)}{last}"
+
+
+BYTE_UNITS = ((" GB", 1e9), (" MB", 1e6), (" KB", 1e3))
 
 
 def _flat(d: dict, skip=(), prefix: str = "") -> str:
@@ -289,7 +294,8 @@ def describe_checkpoint(path) -> list[str]:
     except InputError:
         action_line = f"unreadable: {meta['action_space']!r:.80}"
     lines = [
-        f"checkpoint: {ckpt.path} ({ckpt.path.stat().st_size / 1e6:.1f} MB, checksum verified)",
+        f"checkpoint: {ckpt.path} ({_count(ckpt.path.stat().st_size, BYTE_UNITS, ' bytes')} on disk, "
+        "checksum verified)",
         f"kind: {meta['kind']}",
         f"model: {size}, {_count(numel.get('model', 0))} parameters",
         f"config: {_flat(model, skip=('size', 'name'))}",
@@ -301,8 +307,8 @@ def describe_checkpoint(path) -> list[str]:
         f"step: {meta['step']:,}",
         "provenance:",
     ]
-    lines += [f"  {key}: {value}" for key, value in meta["provenance"].items()] or ["  (none recorded)"]
-    extra = [k for k in meta if k not in REQUIRED]
-    if extra:
-        lines.append(f"other metadata: {', '.join(extra)}")
+    lines += [f"  {key}: {_flat(value) if isinstance(value, dict) else value}"
+              for key, value in meta["provenance"].items()] or ["  (none recorded)"]
+    lines += [f"{key}: {_flat(value) if isinstance(value, dict) else value}"
+              for key, value in meta.items() if key not in REQUIRED]
     return lines

@@ -13,7 +13,10 @@ registry. ``python -m worldmodel.codec DATA`` trains an autoencoder briefly and 
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -262,3 +265,123 @@ def make_codec(config: dict) -> Codec:
         raise InputError(f"unknown setting(s) {', '.join(unknown)} for codec {kind!r}; "
                          f"it takes {', '.join(sorted(allowed))}")
     return ConvAutoencoder(ConvAEConfig(**settings))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurement: ``python -m worldmodel.codec DATA --seconds 240 --down 4 --latent-channels 4 --width 16``
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """PSNR in dB of float frames in [0, 1]; mean of per-frame PSNRs, or over the pooled pixels of ``mask``
+    [N, H, W] when given (the "sprite" figure: few pixels per frame, some frames have none)."""
+    err = (a.float() - b.float()).square().mean(-1)  # [N, H, W]
+    if mask is not None:
+        return -10 * math.log10(max(err[mask].mean().item(), 1e-10))
+    return (-10 * torch.log10(err.flatten(1).mean(1).clamp_min(1e-10))).mean().item()
+
+
+@torch.no_grad()
+def evaluate(codec: Codec, frames_u8: torch.Tensor, tolerance: int = 8, batch: int = 250) -> dict:
+    """Reconstruction PSNR of held-out uint8 frames [N, H, W, 3]; the same on "sprite" pixels (those that differ
+    from the per-pixel median frame by more than ``tolerance`` in some channel); both also for the trivial
+    baseline that outputs the median frame; and the latents' mean and std."""
+    codec.eval()
+    lat = torch.cat([codec.encode(frames_u8[i:i + batch]) for i in range(0, len(frames_u8), batch)])
+    rec = torch.cat([codec.to_uint8(codec.decode(lat[i:i + batch])) for i in range(0, len(lat), batch)])
+    x = frames_u8.float() / 255
+    background = frames_u8.median(0).values  # [H, W, 3]
+    sprite = (frames_u8.int() - background.int()).abs().amax(-1) > tolerance  # [N, H, W]
+    bg = (background.float() / 255).expand_as(x)
+    return {"psnr": psnr(rec.float() / 255, x), "sprite_psnr": psnr(rec.float() / 255, x, sprite),
+            "background_psnr": psnr(bg, x), "background_sprite_psnr": psnr(bg, x, sprite),
+            "sprite_fraction": sprite.float().mean().item(),
+            "latent_mean": lat.mean().item(), "latent_std": lat.std().item()}
+
+
+@torch.no_grad()
+def time_codec(codec: Codec, height: int, width: int, n: int = 100) -> tuple[float, float]:
+    """Median seconds to encode and to decode one uint8 frame (batch 1), after a warm-up."""
+    codec.eval()
+    x = torch.randint(0, 256, (1, height, width, 3), dtype=torch.uint8)
+    enc, dec = [], []
+    for k in range(n + 10):
+        t0 = time.perf_counter()
+        z = codec.encode(x)
+        t1 = time.perf_counter()
+        codec.decode(z)
+        if k >= 10:
+            enc.append(t1 - t0)
+            dec.append(time.perf_counter() - t1)
+    return float(np.median(enc)), float(np.median(dec))
+
+
+def measure(data: str, config: dict, seconds: float, batch: int = 8, lr: float = 2e-3, val_fraction: float = 0.1,
+            eval_stride: int = 2, seed: int = 0, out: str | None = None, log_every: int = 100) -> dict:
+    """Train the codec of ``config`` on pairs of consecutive frames of the recording ``data`` (``batch`` pairs a
+    step) for ``seconds`` of wall time (AdamW, warm-up then cosine decay over the time budget), calibrate its
+    latents on training frames, and evaluate every ``eval_stride``-th frame of the held-out episodes."""
+    from worldmodel.data import ClipDataset, split_episodes
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    train_ds = ClipDataset(data, 2)
+    train_ids, val_ids = split_episodes(train_ds.recording, val_fraction, seed)
+    train_ds = ClipDataset(train_ds.recording, 2, episodes=train_ids)
+    val = torch.from_numpy(np.concatenate([ep.frames(0, ep.length)[::eval_stride]
+                                           for ep in ClipDataset(train_ds.recording, 1, val_ids).episodes]))
+    codec = make_codec(config)
+    opt = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=0.0)
+    warmup, step, t0 = 100, 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        frac = elapsed / seconds
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * frac))
+        frames, _ = train_ds.sample_batch(rng, batch)  # [B, 2, H, W, 3] uint8
+        codec.train()
+        loss, stats = codec.loss(torch.from_numpy(frames))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % log_every == 0:
+            print(f"step {step} {elapsed:.0f}s loss {stats['loss']:.4f} psnr {stats['psnr']:.2f} "
+                  f"latent_rms {stats['latent_rms']:.2f}", flush=True)
+    train_seconds = time.perf_counter() - t0
+    if isinstance(codec, ConvAutoencoder):
+        calib, _ = train_ds.sample_batch(rng, 512)
+        codec.calibrate(torch.from_numpy(calib[:, 0]))
+    result = {"config": codec.config(), "steps": step, "train_seconds": round(train_seconds, 1),
+              "frames_seen": step * batch * 2, "params": sum(p.numel() for p in codec.parameters()),
+              "val_frames": len(val), **evaluate(codec, val)}
+    enc, dec = time_codec(codec, *val.shape[1:3])
+    result.update(encode_ms=enc * 1e3, decode_ms=dec * 1e3)
+    if out:
+        from safetensors.torch import save_file
+        save_file(codec.state_dict(), out, metadata={"codec": json.dumps(codec.config())})
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Train a codec briefly on a recording and measure its reconstruction.")
+    p.add_argument("data", help="recording folder (games.recording)")
+    p.add_argument("--type", default="conv_ae", choices=sorted(CODECS))
+    p.add_argument("--down", type=int, default=4)
+    p.add_argument("--latent-channels", type=int, default=4)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--blocks", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=240, help="training wall time")
+    p.add_argument("--batch", type=int, default=8, help="pairs of consecutive frames a step")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the trained codec here (safetensors, config in the metadata)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = {"type": args.type} if args.type == "pixels" else dict(
+        type=args.type, down=args.down, latent_channels=args.latent_channels, width=args.width, blocks=args.blocks)
+    result = measure(args.data, config, args.seconds, args.batch, args.lr, seed=args.seed, out=args.out)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -101,8 +101,9 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(cfg.dim // cfg.heads)
 
     def forward(self, x, rope: RopeLayout, space_cs, frame_pos, frame_mask, context: LayerContext | None):
-        # x: [B, T*N, dim]
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.heads)
+        # x: [B, T, N, dim]
+        B, T, N, _ = x.shape
+        q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
         q, k = rotate_space(self.q_norm(q), rope, space_cs), rotate_space(self.k_norm(k), rope, space_cs)
         new_kv = (k, v)  # time-unrotated keys: what a KV cache stores
         q, k = rotate_time(q, rope, frame_pos), rotate_time(k, rope, frame_pos)
@@ -110,7 +111,7 @@ class Attention(nn.Module):
             k = torch.cat([rotate_time(context.k, rope, context.pos), k], dim=2)
             v = torch.cat([context.v, v], dim=2)
         out = attend(q, k, v, frame_mask, rope.grid_h * rope.grid_w)  # [B, h, T*N, d]
-        return self.proj(rearrange(out, "b h l d -> b l (h d)")), new_kv
+        return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=T)), new_kv
 
 
 class DiTBlock(nn.Module):
@@ -126,8 +127,8 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
     def forward(self, x, c, rope, space_cs, frame_pos, frame_mask, context):
-        # x: [B, T*N, dim]; c: [B, T*N, dim] (each frame's conditioning repeated over its tokens)
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        # x: [B, T, N, dim]; c: [B, T, dim], one conditioning vector per frame, broadcast over its tokens
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)  # [B, T, 1, dim]
         a, new_kv = self.attn(modulate(self.norm1(x), shift1, scale1), rope, space_cs, frame_pos, frame_mask,
                               context)
         x = x + gate1 * a
@@ -143,7 +144,7 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(cfg.dim, cfg.patch * cfg.patch * cfg.channels)
 
     def forward(self, x, c):
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
@@ -199,9 +200,9 @@ class DiT(nn.Module):
             inp = torch.cat([x, prev], dim=2)  # [B, T, 2C, H, W]
         else:
             inp = x
-        tokens = rearrange(inp, "b t c (gh p) (gw q) -> b (t gh gw) (c p q)", p=cfg.patch, q=cfg.patch)
-        h = self.patch_embed(tokens)  # [B, T*N, dim]
-        c = self.cond(sigma, actions, prev_sigma).repeat_interleave(cfg.tokens_per_frame, dim=1)  # [B, T*N, dim]
+        tokens = rearrange(inp, "b t c (gh p) (gw q) -> b t (gh gw) (c p q)", p=cfg.patch, q=cfg.patch)
+        h = self.patch_embed(tokens)  # [B, T, N, dim]
+        c = self.cond(sigma, actions, prev_sigma)  # [B, T, dim]
         if frame_pos is None:
             frame_pos = torch.arange(T, device=x.device)
         space_cs = self.rope.spatial(x.device)
@@ -211,8 +212,7 @@ class DiT(nn.Module):
             kvs.append(kv)
         out = self.final(h, c)
         gh, gw = cfg.grid
-        out = rearrange(out, "b (t gh gw) (c p q) -> b t c (gh p) (gw q)", t=T, gh=gh, gw=gw, p=cfg.patch,
-                        q=cfg.patch)
+        out = rearrange(out, "b t (gh gw) (c p q) -> b t c (gh p) (gw q)", gh=gh, gw=gw, p=cfg.patch, q=cfg.patch)
         return (out, kvs) if return_kv else out
 
 

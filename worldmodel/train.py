@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from games.errors import InputError
 from games.recording import Recording
-from worldmodel.checkpoint import save_checkpoint
+from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 from worldmodel.codec import make_codec
 from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
 from worldmodel.flow import Denoiser, NoiseSchedule, flow_matching_loss
@@ -65,6 +65,17 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False  # continue the run in ``out`` from its last state
     progress: bool = True
+
+
+def load_codec(spec: str):
+    """``pixels`` (plain pixel patches), or the codec inside a checkpoint written by ``train-codec``."""
+    if spec == "pixels":
+        return make_codec({"type": "pixels"})
+    ckpt = load_checkpoint(spec)
+    codec = make_codec(ckpt.metadata["codec"])
+    state = {k[len("codec."):]: v for k, v in ckpt.tensors.items() if k.startswith("codec.")}
+    codec.load_state_dict(state)
+    return codec.requires_grad_(False)
 
 
 def _step_generators(cfg: TrainConfig, rank: int, step: int, device) -> tuple[np.random.Generator, torch.Generator]:
@@ -113,7 +124,7 @@ class Trainer:
             raise InputError(f"unknown model size {cfg.model!r}; choose from {', '.join(MODELS)}")
         if cfg.attention not in ("causal", "bidirectional"):
             raise InputError(f"attention must be causal or bidirectional, got {cfg.attention!r}")
-        self.codec = make_codec({"type": "pixels"} if cfg.codec == "pixels" else cfg.codec).to(self.device).eval()
+        self.codec = load_codec(cfg.codec).to(self.device).eval()
         C, h, w = self.codec.latent_shape(self.recording.height, self.recording.width)
         self.model_cfg = DiTConfig(**{**MODELS[cfg.model], "channels": C, "height": h, "width": w,
                                       "patch": cfg.patch, "action_dim": self.recording.action_space.size,

@@ -23,8 +23,15 @@ def record(cfg) -> int:
 
 
 def check(cfg) -> int:
+    if cfg.ckpt:
+        from worldmodel.checkpoint import describe_checkpoint
+
+        for line in describe_checkpoint(cfg.ckpt):
+            print(line)
+        if not cfg.data:
+            return 0
     if not cfg.data:
-        raise InputError("say what to check: data=DIR")
+        raise InputError("say what to check: data=DIR or ckpt=FILE")
     from games.record import check_dataset
 
     report = check_dataset(cfg.data)

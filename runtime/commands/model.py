@@ -1,0 +1,78 @@
+"""Model commands: ``train`` (the teacher) and ``check ckpt=``."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+from omegaconf import OmegaConf
+
+from games.errors import InputError
+
+
+def to_dataclass(cls, values: dict):
+    """``cls(**values)`` with each value checked against the field's type (a wrong type is an InputError)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown setting(s) {', '.join(unknown)}")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
+    except OmegaConfBaseException as e:
+        raise InputError(str(e).splitlines()[0]) from None
+
+
+def train(cfg) -> int:
+    from worldmodel.train import TrainConfig, train as run_training
+
+    values = OmegaConf.to_container(cfg)
+    model = values.pop("model")
+    values.update(model=model["size"], patch=model["patch"], stack_prev=model["stack_prev"])
+    path = run_training(to_dataclass(TrainConfig, values))
+    print(f"teacher: {path}")
+    return 0
+
+
+def sample(cfg) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from games.recording import Recording
+    from games.video import VideoWriter, hstack
+    from worldmodel.data import split_episodes
+    from worldmodel.sample import fidelity, load_teacher, psnr, rollout
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    rec = Recording(cfg.data)
+    teacher = load_teacher(cfg.ckpt, action_space=rec.action_space)
+    if not rec.episodes:
+        raise InputError(f"{cfg.data} has no episodes")
+    try:
+        ep = rec[int(cfg.episode)]
+    except IndexError:
+        raise InputError(f"episode {cfg.episode} out of range: {cfg.data} has {len(rec.episodes)}") from None
+    ctx = teacher.clip_len - 1
+    start, n = int(cfg.start), int(cfg.frames)
+    if start < 1 or start + n > ep.length:
+        raise InputError(f"start={start} frames={n} does not fit episode {ep.name} of {ep.length} frames")
+    frames, actions = ep.frames(), ep.actions()
+    causing = np.concatenate([np.zeros_like(actions[:1]), actions[:-1]])
+    lo = max(0, start - ctx)
+    gen = rollout(teacher, frames[lo:start], causing[start:start + n], steps=int(cfg.steps), seed=int(cfg.seed),
+                  start_actions=causing[lo:start])
+    with VideoWriter(cfg.out, fps=rec.fps, scale=4) as video:
+        for real, fake in zip(frames[start:start + n], gen):
+            video.write(hstack(real, fake))
+    scores = [psnr(g, r) for g, r in zip(gen, frames[start:start + n])]
+    print(f"wrote {cfg.out}: episode {ep.name}, frames {start}..{start + n - 1}, {cfg.steps} steps a frame; "
+          f"PSNR at 1/{min(4, n)}/{n}: {scores[0]:.2f}/{scores[min(4, n) - 1]:.2f}/{scores[-1]:.2f} dB")
+    if cfg.metrics:
+        tc = teacher.metadata["provenance"].get("train_config", {})
+        _, val = split_episodes(rec, float(tc.get("val_fraction", 0.1)), seed=int(tc.get("seed", 0)))
+        result = fidelity(teacher, rec, val, horizons=tuple(cfg.horizons), starts=int(cfg.starts),
+                          steps=int(cfg.steps), seed=int(cfg.seed))
+        print(json.dumps(result, indent=1))
+    return 0
