@@ -195,6 +195,16 @@ class Trainer:
             losses.append(loss.item())
         return float(np.mean(losses))
 
+    def check_ranks_agree(self) -> None:
+        """All processes must hold identical weights after DDP training; says so, or raises."""
+        digest = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(self.net.parameters())))
+        digests = [None] * self.world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks disagree on the weights: {digests}")
+        if self.rank == 0:
+            print(f"ranks agree: {self.world} processes hold identical weights (digest {digest:.6f})")
+
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def metadata(self) -> dict:
         rec = self.recording
@@ -260,5 +270,6 @@ def train(cfg: TrainConfig) -> Path:
         if trainer.rank == 0:
             trainer.report.write(trainer.ema_denoiser, trainer.history, trainer.step, cfg.sample_steps)
         if trainer.distributed:
+            trainer.check_ranks_agree()
             dist.destroy_process_group()
     return trainer.out / "teacher.safetensors"

@@ -19,7 +19,8 @@ def to_dataclass(cls, values: dict):
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), values))
     except OmegaConfBaseException as e:
-        raise InputError(str(e).splitlines()[0]) from None
+        key = getattr(e, "full_key", None)
+        raise InputError((f"{key}: " if key else "") + str(e).splitlines()[0]) from None
 
 
 def train(cfg) -> int:

@@ -1,0 +1,108 @@
+"""Teacher training through the CLI: checkpoints, exact resume, DDP on CPU, and the errors a user can hit."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, assert_one_line_error
+
+TINY = ["model=tiny", "batch=2", "clip_len=4", "val_every=2", "sample_every=1000", "sample_steps=2",
+        "threads=1", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def pong_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "pong"
+    from games import make_game
+    from games.record import record_dataset
+
+    record_dataset(out, lambda: make_game("pong"), "heuristic", 3, 60, progress=False)
+    return out
+
+
+def _weights(run):
+    return load_file(str(run / "state.safetensors"))
+
+
+def test_train_writes_checkpoint_report_and_check_describes_it(cli, pong_data, tmp_path):
+    r = cli("train", f"data={pong_data}", f"out={tmp_path}/run", "steps=4", *TINY)
+    assert r.returncode == 0, r.stderr
+    for name in ("teacher.safetensors", "state.safetensors", "loss.png", "samples.png", "metrics.jsonl"):
+        assert (tmp_path / "run" / name).exists(), name
+    r = cli("check", f"ckpt={tmp_path}/run/teacher.safetensors")
+    assert r.returncode == 0, r.stderr
+    assert "kind: teacher" in r.stdout and "keys UP, DOWN + mouse" in r.stdout and "step: 4" in r.stdout
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cli, pong_data, tmp_path):
+    assert cli("train", f"data={pong_data}", f"out={tmp_path}/a", "steps=6", *TINY).returncode == 0
+    assert cli("train", f"data={pong_data}", f"out={tmp_path}/b", "steps=3", *TINY).returncode == 0
+    r = cli("train", f"data={pong_data}", f"out={tmp_path}/b", "steps=6", "resume=true", *TINY)
+    assert r.returncode == 0, r.stderr
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_kill_9_then_resume_matches_uninterrupted(cli, pong_data, tmp_path):
+    args = [f"data={pong_data}", "steps=8", "checkpoint_minutes=0", *TINY]
+    assert cli("train", f"out={tmp_path}/a", *args).returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "train", f"out={tmp_path}/b", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "b" / "state.safetensors"
+    deadline = time.monotonic() + 120
+    while not state.exists() or state.stat().st_size == 0:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = cli("train", f"out={tmp_path}/b", "resume=true", *args)
+    assert r.returncode == 0, r.stderr
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_process_torchrun_keeps_identical_weights(pong_data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                        "-m", "runtime", "train", f"data={pong_data}", f"out={tmp_path}/ddp", "steps=3", *TINY],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ranks agree: 2 processes" in r.stdout
+    assert "2 process(es)" in r.stdout
+
+
+def test_corrupt_truncated_and_foreign_checkpoints_are_one_line_errors(cli, pong_data, tmp_path):
+    assert cli("train", f"data={pong_data}", f"out={tmp_path}/run", "steps=1", *TINY).returncode == 0
+    good = (tmp_path / "run" / "teacher.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(good[: len(good) // 2])
+    assert_one_line_error(cli("check", f"ckpt={tmp_path}/trunc.safetensors"), "trunc")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint at all" * 10)
+    assert_one_line_error(cli("check", f"ckpt={tmp_path}/junk.safetensors"), "junk")
+    assert_one_line_error(cli("check", f"ckpt={tmp_path}/nothing.safetensors"), "nothing")
+
+
+def test_action_space_mismatch_is_one_line_error(cli, pong_data, tmp_path):
+    assert cli("train", f"data={pong_data}", f"out={tmp_path}/run", "steps=1", *TINY).returncode == 0
+    maze = tmp_path / "maze"
+    assert cli("record", "game=maze", "agent=random", "episodes=1", "frames=40", f"out={maze}",
+               "progress=false").returncode == 0
+    r = cli("sample", f"ckpt={tmp_path}/run/teacher.safetensors", f"data={maze}", f"out={tmp_path}/x.mp4",
+            "frames=4", "start=4")
+    assert_one_line_error(r, "UP, DOWN")
+
+
+def test_bad_training_settings_are_one_line_errors(cli, pong_data, tmp_path):
+    assert_one_line_error(cli("train", f"data={pong_data}", f"out={tmp_path}/r", "model=huge"), "huge")
+    assert_one_line_error(cli("train", f"data={pong_data}", f"out={tmp_path}/r", "steps=abc"), "steps")
+    assert_one_line_error(cli("train", f"data={pong_data}", f"out={tmp_path}/r"), "steps=")
+    assert_one_line_error(cli("train", f"data={tmp_path}/none", f"out={tmp_path}/r", "steps=1"), "none")
