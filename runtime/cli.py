@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "runtime.commands.data:check"),
     "import": ("turn a video + JSONL action log into a dataset", "runtime.commands.data:import_"),
     "export": ("write a dataset episode to mp4 + JSONL action log", "runtime.commands.data:export"),
+    "train-codec": ("train the conv autoencoder codec on a dataset (data=DIR out=DIR minutes=M)",
+                    "runtime.commands.model:train_codec"),
     "train": ("train the teacher world model on a dataset (data=DIR model=small out=DIR steps=N|minutes=M)",
               "runtime.commands.model:train"),
     "sample": ("many-step teacher rollout vs the real game to mp4, with PSNR by horizon",

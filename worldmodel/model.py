@@ -33,6 +33,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     action_dim: int = 2  # length of the action vector (from the data's ActionSpace)
     stack_prev: bool = True  # stack the previous input frame into each frame's patches
+    residual: bool = False  # output = network + c_skip(prev level) * previous frame (needs stack_prev)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -213,6 +214,11 @@ class DiT(nn.Module):
         out = self.final(h, c)
         gh, gw = cfg.grid
         out = rearrange(out, "b t (gh gw) (c p q) -> b t c (gh p) (gw q)", gh=gh, gw=gw, p=cfg.patch, q=cfg.patch)
+        if cfg.residual and cfg.stack_prev:
+            # residual parameterisation: most of a game frame is the previous frame; the network adds the change.
+            # The skip weight is the best linear estimate of a clean frame from one at level s (unit variances).
+            sp = prev_sigma[..., None, None, None]
+            out = out + (1 - sp) ** 2 / ((1 - sp) ** 2 + sp ** 2) * prev
         return (out, kvs) if return_kv else out
 
 

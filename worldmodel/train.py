@@ -52,6 +52,7 @@ class TrainConfig:
     ema: float = 0.999  # EMA decay of the shipped weights
     attention: str = "causal"  # clip mask of the teacher: causal | bidirectional
     stack_prev: bool = True  # direct path from the previous frame (see model.DiTConfig)
+    residual: bool = False  # predict the change from the previous frame (see model.DiTConfig)
     change_weight: float = 10.0  # extra loss weight where frames change (0 = plain MSE)
     prediction: str = "x0"  # network output: x0 | v
     val_fraction: float = 0.1  # held-out episodes for validation
@@ -128,7 +129,7 @@ class Trainer:
         C, h, w = self.codec.latent_shape(self.recording.height, self.recording.width)
         self.model_cfg = DiTConfig(**{**MODELS[cfg.model], "channels": C, "height": h, "width": w,
                                       "patch": cfg.patch, "action_dim": self.recording.action_space.size,
-                                      "stack_prev": cfg.stack_prev})
+                                      "stack_prev": cfg.stack_prev, "residual": cfg.residual})
         torch.manual_seed(cfg.seed)
         self.net = DiT(self.model_cfg).to(self.device)
         self.ema = DiT(self.model_cfg).to(self.device).requires_grad_(False)
@@ -173,9 +174,10 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self.opt.step()
+        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))  # warm-up: short runs still get a useful EMA
         with torch.no_grad():
             for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                pe.lerp_(p, 1.0 - cfg.ema)
+                pe.lerp_(p, 1.0 - decay)
         self.step += 1
         if not math.isfinite(loss.item()):
             raise RuntimeError(f"loss is {loss.item()} at step {self.step}: lower lr= or disable bf16")

@@ -28,7 +28,8 @@ def train(cfg) -> int:
 
     values = OmegaConf.to_container(cfg)
     model = values.pop("model")
-    values.update(model=model["size"], patch=model["patch"], stack_prev=model["stack_prev"])
+    values.update(model=model["size"], patch=model["patch"], stack_prev=model["stack_prev"],
+                  residual=model.get("residual", False))
     path = run_training(to_dataclass(TrainConfig, values))
     print(f"teacher: {path}")
     return 0
@@ -76,4 +77,11 @@ def sample(cfg) -> int:
         result = fidelity(teacher, rec, val, horizons=tuple(cfg.horizons), starts=int(cfg.starts),
                           steps=int(cfg.steps), seed=int(cfg.seed))
         print(json.dumps(result, indent=1))
+    return 0
+
+
+def train_codec(cfg) -> int:
+    from worldmodel.train_codec import CodecTrainConfig, train_codec as run
+
+    run(to_dataclass(CodecTrainConfig, OmegaConf.to_container(cfg)))
     return 0

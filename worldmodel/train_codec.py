@@ -1,0 +1,115 @@
+"""Codec training (optional stage 1): a conv autoencoder on frames of a recording.
+
+``rollingworld train-codec data=DIR out=RUN minutes=15`` trains ``ConvAutoencoder`` on pairs of consecutive frames
+(the pair gives the "changed since the previous frame" loss weights), with a progress bar, atomic checkpoints
+every few minutes and exact resume (each step's random draws are seeded by (seed, step), as in teacher training).
+It writes ``RUN/codec.safetensors`` (kind ``codec``: calibrated weights + config) which ``train codec=...`` uses,
+and reports reconstruction PSNR on held-out episodes next to the mean-frame baseline.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from games.errors import InputError
+from games.recording import Recording
+from worldmodel.checkpoint import save_checkpoint
+from worldmodel.codec import ConvAutoencoder, evaluate
+from worldmodel.data import ClipDataset, split_episodes
+from worldmodel.train_state import load_train_state, save_train_state
+
+
+@dataclass
+class CodecTrainConfig:
+    data: str = "???"  # dataset folder
+    out: str = "???"  # run folder
+    down: int = 4  # spatial downsampling: 64x64 frames -> 16x16 latents
+    latent_channels: int = 4
+    width: int = 16  # channels at half resolution
+    blocks: int = 1  # residual blocks per level
+    batch: int = 8  # pairs of consecutive frames per step
+    lr: float = 2e-3
+    warmup: int = 100
+    steps: int = 0  # optimizer steps (0 = until the time budget ends)
+    minutes: float = 0.0  # time budget of this invocation
+    checkpoint_minutes: float = 3.0
+    val_fraction: float = 0.1
+    threads: int = 0
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def _codec_metadata(codec, rec: Recording, cfg: CodecTrainConfig, step: int, scores: dict) -> dict:
+    return {"kind": "codec", "model": {"size": "codec"}, "action_space": rec.action_space.to_dict(),
+            "codec": codec.config(), "schedule": {}, "step": step,
+            "provenance": {"data": str(Path(cfg.data).resolve()), "game": rec.game, "frames": rec.total_frames,
+                           "train_config": asdict(cfg), "held_out": scores,
+                           "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
+
+
+def train_codec(cfg: CodecTrainConfig) -> dict:
+    """Train (or resume) the autoencoder; returns the held-out scores of the saved codec."""
+    if not cfg.steps and not cfg.minutes:
+        raise InputError("say how long to train: steps=N or minutes=M")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rec = Recording(cfg.data)
+    train_ids, val_ids = split_episodes(rec, cfg.val_fraction, seed=cfg.seed)
+    pairs = ClipDataset(rec, 2, episodes=train_ids)
+    val_frames = torch.from_numpy(np.concatenate([rec[i].frames()[::4] for i in val_ids])) if val_ids else None
+    torch.manual_seed(cfg.seed)
+    codec = ConvAutoencoder(down=cfg.down, latent_channels=cfg.latent_channels, width=cfg.width, blocks=cfg.blocks)
+    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, weight_decay=0.0)
+    out = Path(cfg.out)
+    state_path, step = out / "state.safetensors", 0
+    if state_path.exists():
+        if not cfg.resume:
+            raise InputError(f"{out} already holds a run; resume=true continues it, or choose another out=")
+        step = int(load_train_state(state_path, {"codec": codec}, {"opt": opt})["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    def save() -> dict:
+        save_train_state(state_path, {"codec": codec}, {"opt": opt}, {"step": step})
+        calib_rng = np.random.default_rng([cfg.seed, 99])
+        codec.calibrate(torch.from_numpy(pairs.sample_batch(calib_rng, 512)[0][:, 0]))
+        scores = evaluate(codec, val_frames) if val_frames is not None else {}
+        save_checkpoint(out / "codec.safetensors", {f"codec.{k}": v for k, v in codec.state_dict().items()},
+                        _codec_metadata(codec, rec, cfg, step, scores))
+        return scores
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.steps or None, initial=step, unit="step", disable=not cfg.progress, dynamic_ncols=True)
+    start = last_save = time.monotonic()
+    try:
+        while (not cfg.steps or step < cfg.steps) and (not cfg.minutes or time.monotonic() - start < cfg.minutes * 60):
+            rng = np.random.default_rng([cfg.seed, step])
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+            frames, _ = pairs.sample_batch(rng, cfg.batch)  # uint8 [B, 2, H, W, 3]
+            codec.train()
+            loss, stats = codec.loss(torch.from_numpy(frames))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}")
+            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                save()
+                last_save = time.monotonic()
+    finally:
+        bar.close()
+        codec.eval()
+        scores = save()
+    print(f"codec: {out / 'codec.safetensors'} after {step} steps; held-out " +
+          ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if isinstance(v, float)))
+    return scores
