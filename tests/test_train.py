@@ -106,3 +106,18 @@ def test_bad_training_settings_are_one_line_errors(cli, pong_data, tmp_path):
     assert_one_line_error(cli("train", f"data={pong_data}", f"out={tmp_path}/r", "steps=abc"), "steps")
     assert_one_line_error(cli("train", f"data={pong_data}", f"out={tmp_path}/r"), "steps=")
     assert_one_line_error(cli("train", f"data={tmp_path}/none", f"out={tmp_path}/r", "steps=1"), "none")
+
+
+def test_codec_stage_feeds_the_teacher(cli, pong_data, tmp_path):
+    r = cli("train-codec", f"data={pong_data}", f"out={tmp_path}/codec", "steps=3", "threads=1", "progress=false")
+    assert r.returncode == 0, r.stderr
+    assert "held-out psnr" in r.stdout
+    codec = tmp_path / "codec" / "codec.safetensors"
+    r = cli("train", f"data={pong_data}", f"out={tmp_path}/run", f"codec={codec}", "steps=2", *TINY)
+    assert r.returncode == 0, r.stderr
+    r = cli("check", f"ckpt={tmp_path}/run/teacher.safetensors")
+    assert "type=conv_ae" in r.stdout and "channels=4, height=16, width=16" in r.stdout, r.stdout
+    r = cli("sample", f"ckpt={tmp_path}/run/teacher.safetensors", f"data={pong_data}", f"out={tmp_path}/s.mp4",
+            "frames=3", "start=4", "steps=2", "metrics=false")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s.mp4").exists()

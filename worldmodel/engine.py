@@ -1,0 +1,182 @@
+"""Streaming inference: ``WorldSession`` generates one frame per ``step(action)``, forever, in constant memory.
+
+Modes (``EngineConfig.mode``), all in one engine so that they are compared on equal terms:
+
+- ``rolling``: Rolling Forcing (Liu et al. 2025, Sec. 3.1). A **rolling window** of W frames at increasing noise
+  levels is denoised jointly by one forward pass a tick (bidirectional inside the window), attending to the
+  attention sink and the recent cache. The oldest frame leaves clean and is shown; its clean keys/values are
+  computed (**clean re-encode**, a forward at level 0) and pushed into the cache; every other frame is re-noised
+  from its prediction to the next lower level; a pure-noise frame carrying the action held now enters.
+- ``rolling_nosink``: the same without the sink (ablation): the start frames only pass through the ring.
+- ``framewise``: frame-by-frame autoregression (Self-Forcing style): each frame fully denoised in W steps before
+  the next, strictly causal.
+- ``teacher``: like ``framewise`` with ``teacher_steps`` steps (many-step sampling with the teacher).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from games.actions import ActionSpace
+from games.errors import InputError
+from worldmodel.flow import Denoiser
+from worldmodel.kv_cache import KVCache
+
+MODES = ("rolling", "rolling_nosink", "framewise", "teacher")
+
+
+@dataclass
+class EngineConfig:
+    mode: str = "rolling"  # rolling | rolling_nosink | framewise | teacher
+    window: int = 4  # W: frames in the rolling window = denoising steps per frame
+    sink: int = 1  # S: first frames of a session kept in the cache forever
+    recent: int = 4  # C: recent clean frames in the ring
+    shift: float | None = None  # level shift (None = the checkpoint's schedule)
+    teacher_steps: int = 16  # Euler steps per frame in teacher mode
+
+
+class WorldSession:
+    """A playable world: ``reset(start_frames, seed)`` then ``step(action) -> frame`` every tick."""
+
+    def __init__(self, denoiser: Denoiser, codec, action_space: ActionSpace, cfg: EngineConfig | None = None,
+                 frame_size: tuple[int, int] | None = None):
+        self.cfg = cfg = cfg or EngineConfig()
+        if cfg.mode not in MODES:
+            raise InputError(f"unknown engine mode {cfg.mode!r}; choose from {', '.join(MODES)}")
+        if cfg.window < 1 or cfg.recent < 0 or cfg.sink < 0:
+            raise InputError(f"need window >= 1, recent >= 0, sink >= 0; got {cfg}")
+        self.denoiser, self.codec, self.action_space = denoiser.eval(), codec.eval(), action_space
+        self.net = denoiser.net
+        self.device = next(denoiser.parameters()).device
+        self.frame_size = frame_size  # (H, W) of frames; None = whatever the first reset gets
+        steps = cfg.teacher_steps if cfg.mode == "teacher" else cfg.window
+        schedule = denoiser.schedule
+        if cfg.shift is not None:
+            schedule = type(schedule)(**{**schedule.to_dict(), "shift": cfg.shift})
+        self.levels = schedule.levels(steps).tolist()  # steps + 1 levels, 1 -> 0
+        self.ticks = 0
+
+    # -- public API -------------------------------------------------------------------------------------------------
+    @property
+    def latency_ticks(self) -> int:
+        """step() calls from the one that first carries an action to the one whose frame shows its effect."""
+        return self.cfg.window if self.cfg.mode.startswith("rolling") else 1
+
+    @torch.no_grad()
+    def reset(self, start_frames, seed: int = 0) -> np.ndarray:
+        """Start a session from real frames (uint8 [H, W, 3] or [S, H, W, 3]); returns the last of them."""
+        frames = self._check_frames(start_frames)
+        cfg, net = self.cfg, self.net
+        self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        heads, dim = net.cfg.heads, net.cfg.dim
+        sink = 0 if cfg.mode == "rolling_nosink" else cfg.sink
+        self.cache = KVCache(net.cfg.depth, heads, dim // heads, net.cfg.tokens_per_frame, sink,
+                             max(cfg.recent, 1 if sink == 0 else 0), device=self.device)
+        latents = self.codec.encode(torch.from_numpy(frames).to(self.device))[None]  # [1, S, C, h, w]
+        noop = torch.zeros(1, latents.shape[1], self.action_space.size, device=self.device)
+        sigma = torch.zeros(1, latents.shape[1], device=self.device)
+        from worldmodel.attention import causal_mask
+
+        _, kv = self.denoiser(latents, sigma, noop, frame_mask=causal_mask(latents.shape[1], self.device),
+                              return_kv=True)
+        self.cache.push(kv, latents)
+        self.window: list[dict] = []  # oldest first: {"x": latent at its level, "level": index, "action": [A]}
+        self.ticks = 0
+        self.last_frame = frames[-1]
+        if cfg.mode.startswith("rolling"):
+            self._warm_up()
+        return self.last_frame
+
+    @torch.no_grad()
+    def step(self, action) -> np.ndarray:
+        """Advance one tick holding ``action``; returns the newest clean frame, uint8 [H, W, 3]."""
+        action = torch.from_numpy(self.action_space.validate(action)).to(self.device)
+        if self.cfg.mode.startswith("rolling"):
+            latent = self._rolling_tick(action)
+        else:
+            latent = self._denoise_one_frame(action, self.levels)
+        self.ticks += 1
+        self.last_frame = self.codec.to_uint8(self.codec.decode(latent))[0, 0].cpu().numpy()
+        return self.last_frame
+
+    # -- Rolling Forcing --------------------------------------------------------------------------------------------
+    def _new_noise(self) -> torch.Tensor:
+        C, h, w = self.net.cfg.channels, self.net.cfg.height, self.net.cfg.width
+        return torch.randn(1, 1, C, h, w, generator=self.gen, device=self.device)
+
+    def _warm_up(self) -> None:
+        """Fill the window with W-1 frames (holding no key) so that every step() emits a frame at once."""
+        noop = torch.zeros(self.action_space.size, device=self.device)
+        for _ in range(self.cfg.window - 1):
+            self.window.append({"x": self._new_noise(), "level": 0, "action": noop})
+            self._window_pass(emit=False)
+
+    def _window_pass(self, emit: bool):
+        """One joint forward over the window; the oldest frame is emitted if ``emit``; the rest move down a level."""
+        W = len(self.window)
+        x = torch.cat([f["x"] for f in self.window], dim=1)  # [1, W, C, h, w]
+        sigma = torch.tensor([[self.levels[f["level"]] for f in self.window]], device=self.device)
+        actions = torch.stack([f["action"] for f in self.window])[None]  # [1, W, A]
+        x0 = self._forward(x, sigma, actions)  # [1, W, C, h, w]
+        out = None
+        if emit:
+            out = x0[:, :1]
+            self._push_clean(out, actions[:, :1])
+            self.window.pop(0)
+            x0 = x0[:, 1:]
+        for i, f in enumerate(self.window):  # re-noise each prediction to its next lower level, fresh noise
+            f["level"] += 1
+            s = self.levels[f["level"]]
+            f["x"] = (1 - s) * x0[:, i:i + 1] + s * self._new_noise()
+        return out
+
+    def _rolling_tick(self, action: torch.Tensor) -> torch.Tensor:
+        self.window.append({"x": self._new_noise(), "level": 0, "action": action})
+        return self._window_pass(emit=len(self.window) >= self.cfg.window)
+
+    # -- frame by frame -------------------------------------------------------------------------------------------
+    def _denoise_one_frame(self, action: torch.Tensor, levels: list[float]) -> torch.Tensor:
+        x = self._new_noise()
+        actions = action[None, None]
+        for s, s_next in zip(levels[:-1], levels[1:]):
+            x0 = self._forward(x, torch.full((1, 1), s, device=self.device), actions)
+            x = (1 - s_next) * x0 + s_next * self._new_noise() if s_next > 0 else x0
+        self._push_clean(x, actions)
+        return x
+
+    # -- shared -----------------------------------------------------------------------------------------------------
+    def _forward(self, x, sigma, actions) -> torch.Tensor:
+        """Denoise input frames x [1, T, C, h, w] attending to the whole cache and to each other."""
+        context = self.cache.context(self.device)
+        n_ctx = 0 if context is None else context[0].pos.shape[0]
+        T = x.shape[1]
+        prev = torch.cat([self.cache.last_clean, x[:, :-1]], dim=1)
+        prev_sigma = torch.cat([torch.zeros(1, 1, device=self.device), sigma[:, :-1]], dim=1)
+        pos = torch.arange(n_ctx, n_ctx + T, device=self.device)
+        return self.denoiser(x, sigma, actions, prev=prev, prev_sigma=prev_sigma, frame_pos=pos, frame_mask=None,
+                             context=context)
+
+    def _push_clean(self, latent: torch.Tensor, actions: torch.Tensor) -> None:
+        """Clean re-encode: keys/values of the finished frame at level 0, pushed into the cache."""
+        context = self.cache.context(self.device)
+        n_ctx = 0 if context is None else context[0].pos.shape[0]
+        zero = torch.zeros(1, 1, device=self.device)
+        _, kv = self.denoiser(latent, zero, actions, prev=self.cache.last_clean, prev_sigma=zero,
+                              frame_pos=torch.tensor([n_ctx], device=self.device), frame_mask=None,
+                              context=context, return_kv=True)
+        self.cache.push(kv, latent)
+
+    def _check_frames(self, frames) -> np.ndarray:
+        arr = np.asarray(frames)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise InputError(f"start frames must be uint8 [H, W, 3] or [N, H, W, 3] RGB images, "
+                             f"got {arr.dtype} array of shape {tuple(np.shape(frames))}")
+        want = self.frame_size
+        if want is not None and tuple(arr.shape[1:3]) != tuple(want):
+            raise InputError(f"start frames are {arr.shape[2]}x{arr.shape[1]} but this model makes "
+                             f"{want[1]}x{want[0]} frames")
+        return np.ascontiguousarray(arr)

@@ -1,0 +1,87 @@
+"""The KV cache of a streaming session: attention-sink frames kept forever plus a ring of recent clean frames.
+
+Keys are stored with their spatial rotation but without their time rotation (``attention.LayerContext``); every
+tick the cache lays its frames out at fresh positions: sink frames at ``0..S-1``, recent frames at ``S..S+n-1``
+in age order, the window right after. Positions therefore never grow however long a session runs, and the sink
+always sits just before the recent frames (Rolling Forcing, Sec. 3.2: attention sink with re-indexed positions).
+
+All buffers are allocated once, so memory is constant for the whole session.
+"""
+from __future__ import annotations
+
+import torch
+
+from worldmodel.attention import LayerContext
+
+
+class KVCache:
+    """``sink`` sink frames + a ring of ``recent`` frames, for ``layers`` layers of ``heads`` x ``head_dim``."""
+
+    def __init__(self, layers: int, heads: int, head_dim: int, tokens_per_frame: int, sink: int, recent: int,
+                 device=None, dtype=torch.float32):
+        self.n_tokens = tokens_per_frame
+        self.sink_capacity, self.recent_capacity = sink, recent
+        slots = sink + recent
+        shape = (layers, 1, heads, slots * tokens_per_frame, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # [layer, B=1, heads, slots*N, head_dim]
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.frame_age = torch.full((slots,), -1, dtype=torch.long)  # -1 = empty; else the tick it was pushed
+        self.last_clean: torch.Tensor | None = None  # the newest cached clean latent [1, 1, C, h, w] (stack_prev)
+        self.n_sink = 0
+        self._pushes = 0
+
+    @property
+    def n_recent(self) -> int:
+        return int((self.frame_age[self.sink_capacity:] >= 0).sum())
+
+    @property
+    def n_frames(self) -> int:
+        return self.n_sink + self.n_recent
+
+    def _write(self, slot: int, kv: list[tuple[torch.Tensor, torch.Tensor]], frame: int) -> None:
+        n = self.n_tokens
+        for layer, (k, v) in enumerate(kv):  # k, v: [1, heads, T*N, head_dim]
+            self.k[layer, :, :, slot * n:(slot + 1) * n] = k[:, :, frame * n:(frame + 1) * n]
+            self.v[layer, :, :, slot * n:(slot + 1) * n] = v[:, :, frame * n:(frame + 1) * n]
+        self.frame_age[slot] = self._pushes
+        self._pushes += 1
+
+    def push(self, kv: list[tuple[torch.Tensor, torch.Tensor]], latent: torch.Tensor) -> None:
+        """Add the clean frames whose per-layer keys/values are ``kv`` (T frames) and latents [1, T, C, h, w]:
+        into the sink while it has room, then into the ring, evicting the oldest recent frame."""
+        for t in range(latent.shape[1]):
+            if self.n_sink < self.sink_capacity:
+                self._write(self.n_sink, kv, t)
+                self.n_sink += 1
+            elif self.recent_capacity > 0:
+                ring = self.frame_age[self.sink_capacity:]
+                empty = (ring < 0).nonzero()
+                slot = int(empty[0]) if len(empty) else int(ring.argmin())
+                self._write(self.sink_capacity + slot, kv, t)
+            self.last_clean = latent[:, t:t + 1]
+
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The occupied slots in attention order and their time positions now: (slots [n], pos [n], n).
+
+        Sink frames first (positions 0..S-1), then recent frames oldest first (S..S+n-1).
+        """
+        sink = torch.arange(self.n_sink)
+        ring_age = self.frame_age[self.sink_capacity:]
+        occupied = (ring_age >= 0).nonzero().flatten()
+        recent = self.sink_capacity + occupied[ring_age[occupied].argsort()]
+        slots = torch.cat([sink, recent])
+        return slots, torch.arange(len(slots)), len(slots)
+
+    def context(self, device=None) -> list[LayerContext] | None:
+        """Per-layer keys/values of every cached frame, laid out for this tick (None when empty)."""
+        slots, pos, n = self.layout()
+        if n == 0:
+            return None
+        token_idx = (slots[:, None] * self.n_tokens + torch.arange(self.n_tokens)).flatten().to(self.k.device)
+        ks = self.k.index_select(3, token_idx)  # [layer, 1, heads, n*N, head_dim]
+        vs = self.v.index_select(3, token_idx)
+        pos = pos.to(device or self.k.device)
+        return [LayerContext(ks[i], vs[i], pos) for i in range(self.k.shape[0])]
+
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() * 2
