@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                     "runtime.commands.model:train_codec"),
     "train": ("train the teacher world model on a dataset (data=DIR model=small out=DIR steps=N|minutes=M)",
               "runtime.commands.model:train"),
+    "dream": ("headless generation from a world model to mp4 (ckpt=FILE frames=N out=FILE.mp4 mode=rolling)",
+              "runtime.commands.world:dream"),
+    "bench": ("engine speed: frames/s, tick p50/p99, latency, memory (ckpt=FILE or model=small)",
+              "runtime.commands.world:bench"),
     "sample": ("many-step teacher rollout vs the real game to mp4, with PSNR by horizon",
                "runtime.commands.model:sample"),
 }

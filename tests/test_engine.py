@@ -120,3 +120,30 @@ def test_bad_start_frames_and_actions_are_clear_errors():
     s.reset(_start(1))
     with pytest.raises(InputError, match="action"):
         s.step(np.zeros(5, np.float32))
+
+
+def test_dream_and_bench_commands(cli, tmp_path):
+    from games import make_game
+    from games.record import record_dataset
+
+    record_dataset(tmp_path / "pong", lambda: make_game("pong"), "random", 2, 30, progress=False)
+    r = cli("train", f"data={tmp_path}/pong", f"out={tmp_path}/run", "model=tiny", "steps=1", "batch=2",
+            "clip_len=4", "threads=1", "progress=false")
+    assert r.returncode == 0, r.stderr
+    ckpt = tmp_path / "run" / "teacher.safetensors"
+    for mode in ("rolling", "framewise"):
+        r = cli("dream", f"ckpt={ckpt}", "frames=6", f"out={tmp_path}/{mode}.mp4", f"mode={mode}", "threads=1")
+        assert r.returncode == 0, r.stderr
+        import av
+
+        with av.open(str(tmp_path / f"{mode}.mp4")) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 7
+    r = cli("bench", f"ckpt={ckpt}", "frames=200", "threads=1", f"json={tmp_path}/b.json")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["frames"] == 200 and figures["fps"] > 0 and figures["latency_ticks"] == 4
+    assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
+    bad = cli("dream", f"ckpt={ckpt}", "frames=3", f"out={tmp_path}/x.mp4", "start=nothing.png")
+    assert bad.returncode != 0 and "nothing.png" in bad.stderr and "Traceback" not in bad.stderr

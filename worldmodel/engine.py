@@ -58,6 +58,19 @@ class WorldSession:
         self.levels = schedule.levels(steps).tolist()  # steps + 1 levels, 1 -> 0
         self.ticks = 0
 
+    @classmethod
+    def from_checkpoint(cls, path, cfg: EngineConfig | None = None, device="cpu") -> "WorldSession":
+        """A session over the world model in the checkpoint ``path`` (teacher or student)."""
+        from worldmodel.sample import load_teacher
+        from games.actions import ActionSpace as Space
+
+        model = load_teacher(path, device=device)
+        frame = model.metadata.get("frame", {})
+        size = (frame["height"], frame["width"]) if "height" in frame else None
+        session = cls(model.denoiser, model.codec, Space.from_dict(model.metadata["action_space"]), cfg, size)
+        session.metadata = model.metadata
+        return session
+
     # -- public API -------------------------------------------------------------------------------------------------
     @property
     def latency_ticks(self) -> int:

@@ -1,0 +1,174 @@
+"""World-model commands: ``dream`` (headless generation to mp4) and ``bench`` (engine speed)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from games.errors import InputError
+
+
+def _torch(threads: int):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # measured: ACTIVE spinning collapses with a busy core
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch
+
+
+def _engine_config(cfg):
+    from worldmodel.engine import EngineConfig
+
+    return EngineConfig(mode=cfg.mode, window=int(cfg.window), sink=int(cfg.sink), recent=int(cfg.recent),
+                        teacher_steps=int(cfg.teacher_steps))
+
+
+def _start_frames(session, start: str, seed: int) -> np.ndarray:
+    if start == "game":
+        from games import make_game
+
+        game_name = session.metadata["provenance"].get("game")
+        h, w = session.frame_size
+        try:
+            game = make_game(game_name, width=w, height=h)
+        except InputError:
+            raise InputError(f"the checkpoint's game {game_name!r} is not one of ours: give start=IMAGE") from None
+        return game.reset(seed)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return np.asarray(Image.open(start).convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise InputError(f"cannot read start image {start}: {e}") from None
+
+
+class _RandomPlayer:
+    """Sticky random actions over an action space (the scripted ``random`` agent without a game)."""
+
+    def __init__(self, space, seed: int):
+        from games.agents import RandomAgent
+
+        self.t = 0
+        self.action_space = space
+        self.agent = RandomAgent(self, seed)
+
+    def act(self) -> np.ndarray:
+        self.t += 1
+        return self.agent.act()
+
+
+def dream(cfg) -> int:
+    _torch(cfg.threads)
+    from games.video import VideoWriter
+    from worldmodel.engine import WorldSession
+
+    session = WorldSession.from_checkpoint(cfg.ckpt, _engine_config(cfg))
+    space = session.action_space
+    frames = int(cfg.frames)
+    if cfg.actions == "random":
+        player = _RandomPlayer(space, int(cfg.seed))
+        actions = [player.act() for _ in range(frames)]
+    else:
+        from games.action_log import read_action_log
+
+        log = read_action_log(cfg.actions, action_space=space)
+        fps = session.metadata.get("frame", {}).get("fps", 30)
+        actions = list(log.to_actions(frames, fps, fps))
+    from tqdm import tqdm
+
+    first = session.reset(_start_frames(session, cfg.start, int(cfg.seed)), seed=int(cfg.seed))
+    fps = session.metadata.get("frame", {}).get("fps", 30)
+    t0 = time.perf_counter()
+    with VideoWriter(cfg.out, fps=fps, scale=int(cfg.scale)) as video:
+        video.write(first)
+        for action in tqdm(actions, unit="frame", desc="dream"):
+            video.write(session.step(action))
+    dt = time.perf_counter() - t0
+    print(f"wrote {cfg.out}: {frames} frames, mode {cfg.mode}, {frames / dt:.1f} frames/s")
+    return 0
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _random_session(cfg, torch):
+    from games import make_game
+    from worldmodel.codec import make_codec
+    from worldmodel.engine import WorldSession
+    from worldmodel.flow import Denoiser, NoiseSchedule
+    from worldmodel.model import MODELS, make_model
+
+    size = cfg.model.size
+    if size not in MODELS:
+        raise InputError(f"unknown model size {size!r}; choose from {', '.join(MODELS)}")
+    game = make_game(cfg.game)
+    if cfg.codec == "pixels":
+        codec, patch = make_codec({"type": "pixels"}), int(cfg.model.patch)
+    elif cfg.codec == "conv_ae":
+        codec, patch = make_codec({"type": "conv_ae", "down": 4, "latent_channels": 4}), 4
+    else:
+        raise InputError(f"codec must be pixels or conv_ae, got {cfg.codec!r}")
+    C, h, w = codec.latent_shape(game.height, game.width)
+    torch.manual_seed(0)
+    net = make_model(size, residual=bool(cfg.model.residual), channels=C, height=h, width=w, patch=patch, action_dim=game.action_space.size)
+    session = WorldSession(Denoiser(net, NoiseSchedule()), codec, game.action_space, _engine_config(cfg),
+                           (game.height, game.width))
+    session.metadata = {"provenance": {"game": cfg.game}}
+    return session, game.reset(0)
+
+
+def bench(cfg) -> int:
+    torch = _torch(cfg.threads)
+    from worldmodel.engine import WorldSession
+    from worldmodel.model import count_params
+
+    if cfg.ckpt:
+        session = WorldSession.from_checkpoint(cfg.ckpt, _engine_config(cfg))
+        start = _start_frames(session, "game", 0)
+        what = cfg.ckpt
+    else:
+        session, start = _random_session(cfg, torch)
+        what = f"model={cfg.model.size} codec={cfg.codec} (random weights)"
+    frames = int(cfg.frames)
+    if frames < 200:
+        raise InputError("bench needs frames >= 200")
+    player = _RandomPlayer(session.action_space, 0)
+    session.reset(start, seed=0)
+    for _ in range(10):  # warm-up ticks, not measured
+        session.step(player.act())
+    tick_ms, rss = np.zeros(frames), {}
+    for i in range(frames):
+        t0 = time.perf_counter()
+        session.step(player.act())
+        tick_ms[i] = (time.perf_counter() - t0) * 1000
+        if i + 1 in (100, frames):
+            rss[i + 1] = _rss_mb()
+    fps_100 = 1000 / tick_ms[:100].mean()
+    fps_end = 1000 / tick_ms[-100:].mean()
+    p50 = float(np.percentile(tick_ms, 50))
+    result = {
+        "model": what, "parameters": count_params(session.net), "mode": cfg.mode, "window": int(cfg.window),
+        "sink": int(cfg.sink), "recent": int(cfg.recent), "threads": torch.get_num_threads(), "frames": frames,
+        "tokens_per_frame": session.net.cfg.tokens_per_frame,
+        "fps": float(1000 / tick_ms.mean()), "tick_ms_p50": p50, "tick_ms_p99": float(np.percentile(tick_ms, 99)),
+        "latency_ticks": session.latency_ticks, "latency_ms": session.latency_ticks * p50,
+        "rss_mb_at_100": rss[100], f"rss_mb_at_{frames}": rss[frames], "fps_at_100": float(fps_100),
+        f"fps_at_{frames}": float(fps_end), "fps_ratio_end_over_100": float(fps_end / fps_100),
+    }
+    width = max(map(len, result))
+    for k, v in result.items():
+        print(f"{k:<{width}}  {v:.2f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
