@@ -43,7 +43,7 @@ class Recorder:
 
 
 def test_cached_rolling_step_equals_recomputing_without_cache():
-    s = _session(sink=1, recent=8)
+    s = _session(sink=1, recent=8, fuse_reencode=False)
     rec = Recorder(s)
     start = _start(2)
     s.reset(start, seed=1)
@@ -147,3 +147,12 @@ def test_dream_and_bench_commands(cli, tmp_path):
     assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
     bad = cli("dream", f"ckpt={ckpt}", "frames=3", f"out={tmp_path}/x.mp4", "start=nothing.png")
     assert bad.returncode != 0 and "nothing.png" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_fusing_the_clean_reencode_into_the_next_pass_changes_nothing():
+    frames = {}
+    for fuse in (False, True):
+        s = _session(sink=1, recent=2, fuse_reencode=fuse)
+        s.reset(_start(1), seed=3)
+        frames[fuse] = np.stack([s.step(SPACE.encode(["UP"] if t % 3 else [])) for t in range(12)])
+    assert np.abs(frames[True].astype(int) - frames[False].astype(int)).max() <= 1

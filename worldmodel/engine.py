@@ -35,6 +35,7 @@ class EngineConfig:
     recent: int = 4  # C: recent clean frames in the ring
     shift: float | None = None  # level shift (None = the checkpoint's schedule)
     teacher_steps: int = 16  # Euler steps per frame in teacher mode
+    fuse_reencode: bool = True  # rolling: compute the emitted frame's clean keys/values in the next tick's pass
 
 
 class WorldSession:
@@ -96,6 +97,7 @@ class WorldSession:
                               return_kv=True)
         self.cache.push(kv, latents)
         self.window: list[dict] = []  # oldest first: {"x": latent at its level, "level": index, "action": [A]}
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # emitted, not yet re-encoded (fused)
         self.ticks = 0
         self.last_frame = frames[-1]
         if cfg.mode.startswith("rolling"):
@@ -128,15 +130,20 @@ class WorldSession:
 
     def _window_pass(self, emit: bool):
         """One joint forward over the window; the oldest frame is emitted if ``emit``; the rest move down a level."""
-        W = len(self.window)
         x = torch.cat([f["x"] for f in self.window], dim=1)  # [1, W, C, h, w]
         sigma = torch.tensor([[self.levels[f["level"]] for f in self.window]], device=self.device)
         actions = torch.stack([f["action"] for f in self.window])[None]  # [1, W, A]
-        x0 = self._forward(x, sigma, actions)  # [1, W, C, h, w]
+        if self.pending is not None:
+            x0 = self._fused_forward(x, sigma, actions)
+        else:
+            x0 = self._forward(x, sigma, actions)  # [1, W, C, h, w]
         out = None
         if emit:
             out = x0[:, :1]
-            self._push_clean(out, actions[:, :1])
+            if self.cfg.fuse_reencode:
+                self.pending = (out, actions[:, :1])
+            else:
+                self._push_clean(out, actions[:, :1])
             self.window.pop(0)
             x0 = x0[:, 1:]
         for i, f in enumerate(self.window):  # re-noise each prediction to its next lower level, fresh noise
@@ -170,6 +177,30 @@ class WorldSession:
         pos = torch.arange(n_ctx, n_ctx + T, device=self.device)
         return self.denoiser(x, sigma, actions, prev=prev, prev_sigma=prev_sigma, frame_pos=pos, frame_mask=None,
                              context=context)
+
+    def _fused_forward(self, x, sigma, actions) -> torch.Tensor:
+        """The window pass with the last emitted frame's clean re-encode fused in front of it.
+
+        Input: [emitted frame at level 0, window...]. The emitted frame attends only to the cache and itself (as
+        its separate re-encode would); the window attends to everything. Its keys/values go into the cache; the
+        frame the push will evict is already left out, so the window sees exactly what it would unfused.
+        """
+        latent, act = self.pending
+        self.pending = None
+        context = self.cache.context(self.device, without_evicted=True)
+        n_ctx = 0 if context is None else context[0].pos.shape[0]
+        T = x.shape[1] + 1
+        xs = torch.cat([latent, x], dim=1)
+        sig = torch.cat([torch.zeros(1, 1, device=self.device), sigma], dim=1)
+        prev = torch.cat([self.cache.last_clean, xs[:, :-1]], dim=1)
+        prev_sigma = torch.cat([torch.zeros(1, 1, device=self.device), sig[:, :-1]], dim=1)
+        mask = torch.ones(T, n_ctx + T, dtype=torch.bool, device=self.device)
+        mask[0, n_ctx + 1:] = False
+        out, kv = self.denoiser(xs, sig, torch.cat([act, actions], dim=1), prev=prev, prev_sigma=prev_sigma,
+                                frame_pos=torch.arange(n_ctx, n_ctx + T, device=self.device), frame_mask=mask,
+                                context=context, return_kv=True)
+        self.cache.push(kv, latent)
+        return out[:, 1:]
 
     def _push_clean(self, latent: torch.Tensor, actions: torch.Tensor) -> None:
         """Clean re-encode: keys/values of the finished frame at level 0, pushed into the cache."""

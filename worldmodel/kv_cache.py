@@ -60,21 +60,29 @@ class KVCache:
                 self._write(self.sink_capacity + slot, kv, t)
             self.last_clean = latent[:, t:t + 1]
 
-    def layout(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    @property
+    def full(self) -> bool:
+        """The next push will evict a recent frame."""
+        return self.n_sink == self.sink_capacity and self.n_recent == self.recent_capacity > 0
+
+    def layout(self, without_evicted: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The occupied slots in attention order and their time positions now: (slots [n], pos [n], n).
 
-        Sink frames first (positions 0..S-1), then recent frames oldest first (S..S+n-1).
+        Sink frames first (positions 0..S-1), then recent frames oldest first (S..S+n-1). With
+        ``without_evicted``, the recent frame that the next push will evict is left out.
         """
         sink = torch.arange(self.n_sink)
         ring_age = self.frame_age[self.sink_capacity:]
         occupied = (ring_age >= 0).nonzero().flatten()
         recent = self.sink_capacity + occupied[ring_age[occupied].argsort()]
+        if without_evicted and self.full:
+            recent = recent[1:]
         slots = torch.cat([sink, recent])
         return slots, torch.arange(len(slots)), len(slots)
 
-    def context(self, device=None) -> list[LayerContext] | None:
+    def context(self, device=None, without_evicted: bool = False) -> list[LayerContext] | None:
         """Per-layer keys/values of every cached frame, laid out for this tick (None when empty)."""
-        slots, pos, n = self.layout()
+        slots, pos, n = self.layout(without_evicted)
         if n == 0:
             return None
         token_idx = (slots[:, None] * self.n_tokens + torch.arange(self.n_tokens)).flatten().to(self.k.device)
