@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                     "runtime.commands.model:train_codec"),
     "train": ("train the teacher world model on a dataset (data=DIR model=small out=DIR steps=N|minutes=M)",
               "runtime.commands.model:train"),
+    "play": ("play a world model in a window (ckpt=FILE)", "runtime.commands.play:run"),
     "dream": ("headless generation from a world model to mp4 (ckpt=FILE frames=N out=FILE.mp4 mode=rolling)",
               "runtime.commands.world:dream"),
     "bench": ("engine speed: frames/s, tick p50/p99, latency, memory (ckpt=FILE or model=small)",

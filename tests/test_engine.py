@@ -145,6 +145,10 @@ def test_dream_and_bench_commands(cli, tmp_path):
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["frames"] == 200 and figures["fps"] > 0 and figures["latency_ticks"] == 4
     assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
+    r = cli("play", f"ckpt={ckpt}", "headless=true", "frames=3", "agent=random", "runtime.fps=100",
+            f"video={tmp_path}/play.mp4", env={"DISPLAY": ""})
+    assert r.returncode == 0, r.stderr
+    assert "3 ticks" in r.stdout
     bad = cli("dream", f"ckpt={ckpt}", "frames=3", f"out={tmp_path}/x.mp4", "start=nothing.png")
     assert bad.returncode != 0 and "nothing.png" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -1,4 +1,8 @@
-"""``rollingworld game``: play a real game in a window at its fixed tick rate (and record it)."""
+"""``rollingworld game``: play a real game in a window at its fixed tick rate (and record it).
+
+``play_source`` is the loop both ``game`` and ``play`` use: window (or EGL), input mapping, optional scripted
+agent, recording and video.
+"""
 from __future__ import annotations
 
 from omegaconf import OmegaConf
@@ -18,18 +22,23 @@ def build_game(game_cfg):
 
 def run(cfg) -> int:
     game = build_game(cfg.game)
+    agent = make_agent(cfg.agent, game, cfg.seed) if cfg.agent else None
+    return play_source(game, cfg, agent)
+
+
+def play_source(game, cfg, agent=None) -> int:
+    """Play any frame source (a game, or a world model through ``WorldSource``) with the settings of ``cfg``."""
     rt = cfg.runtime
     size = (game.width * int(rt.scale), game.height * int(rt.scale))
     bindings = resolve_bindings(game.action_space, game.default_bindings,
                                 OmegaConf.to_container(rt.bindings) if rt.bindings else None)
-    agent = make_agent(cfg.agent, game, cfg.seed) if cfg.agent else None
     if cfg.headless:
         display = OffscreenDisplay(size, filter=rt.filter)
     else:
         display = Window(size, title=f"rollingworld: {game.name}", filter=rt.filter,
                          fullscreen=bool(rt.fullscreen), vsync=bool(rt.vsync))
     writer = episode = None
-    if cfg.record:
+    if cfg.get("record"):
         from games.recording import RecordingWriter
 
         writer = RecordingWriter(cfg.out, game=game.name, action_space=game.action_space, fps=game.fps,
