@@ -23,7 +23,7 @@ def _engine_config(cfg):
     from worldmodel.engine import EngineConfig
 
     return EngineConfig(mode=cfg.mode, window=int(cfg.window), sink=int(cfg.sink), recent=int(cfg.recent),
-                        teacher_steps=int(cfg.teacher_steps))
+                        teacher_steps=int(cfg.teacher_steps), fuse_reencode=bool(cfg.get("fuse_reencode", True)))
 
 
 def _start_frames(session, start: str, seed: int) -> np.ndarray:
