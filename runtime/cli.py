@@ -58,8 +58,10 @@ def _normalise_overrides(overrides: list[str]) -> list[str]:
     return out
 
 
-def compose(command: str, overrides: list[str]):
-    """The composed config of ``command`` with ``overrides``, or an InputError naming what is wrong."""
+def compose(command: str, overrides: list[str], require: bool = True):
+    """The composed config of ``command`` with ``overrides``, or an InputError naming what is wrong.
+
+    With ``require=False`` (for ``--help``) required settings may stay ``???``."""
     from hydra import compose as hydra_compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException
@@ -82,6 +84,8 @@ def compose(command: str, overrides: list[str]):
         raise InputError(f"{first}{hint}") from None
     except (HydraException, OmegaConfBaseException) as e:
         raise InputError(" ".join(str(e).split("\n")[:2]).strip()) from None
+    if not require:
+        return cfg
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise InputError("missing setting" + ("s " if len(missing) > 1 else " ")
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
             print(f"rollingworld {command}: {COMMANDS[command][0]}\n\nsettings (key=value):")
             rest = [a for a in overrides if a not in ("-h", "--help")]
-            print(OmegaConf.to_yaml(compose_lenient(command, rest)))
+            print(OmegaConf.to_yaml(compose(command, rest, require=False)))
             return 0
         return run(command, overrides)
     except InputError as e:
@@ -125,16 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rollingworld {command}: interrupted", file=sys.stderr)
         return 130
-
-
-def compose_lenient(command: str, overrides: list[str]):
-    """The config for ``--help``: as composed, with required settings left as ``???``."""
-    from hydra import compose as hydra_compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="configs", version_base=None):
-        return hydra_compose(config_name=command, overrides=_normalise_overrides(overrides))
 
 
 if __name__ == "__main__":

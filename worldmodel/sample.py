@@ -33,6 +33,17 @@ class Teacher:
         return int(self.metadata["provenance"].get("train_config", {}).get("clip_len", 8))
 
 
+def _prefixed(tensors: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def codec_from_checkpoint(ckpt):
+    """The codec stored in a loaded checkpoint (its config in the metadata, its weights under ``codec.``)."""
+    codec = make_codec(ckpt.metadata["codec"])
+    codec.load_state_dict(_prefixed(ckpt.tensors, "codec."))
+    return codec
+
+
 def load_teacher(path, device="cpu", action_space=None) -> Teacher:
     """The teacher in ``path``; with ``action_space``, a CheckpointError unless it matches the checkpoint's."""
     ckpt = load_checkpoint(path, device=device)
@@ -41,9 +52,8 @@ def load_teacher(path, device="cpu", action_space=None) -> Teacher:
         check_action_space(meta, action_space)
     model_cfg = {k: v for k, v in meta["model"].items() if k != "size"}
     net = DiT(DiTConfig(**model_cfg))
-    net.load_state_dict({k[6:]: v for k, v in ckpt.tensors.items() if k.startswith("model.")})
-    codec = make_codec(meta["codec"])
-    codec.load_state_dict({k[6:]: v for k, v in ckpt.tensors.items() if k.startswith("codec.")})
+    net.load_state_dict(_prefixed(ckpt.tensors, "model."))
+    codec = codec_from_checkpoint(ckpt)
     schedule = NoiseSchedule(**meta["schedule"])
     den = Denoiser(net, schedule).to(device).eval().requires_grad_(False)
     return Teacher(den, codec.to(device).eval(), meta)

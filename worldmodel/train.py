@@ -72,11 +72,9 @@ def load_codec(spec: str):
     """``pixels`` (plain pixel patches), or the codec inside a checkpoint written by ``train-codec``."""
     if spec == "pixels":
         return make_codec({"type": "pixels"})
-    ckpt = load_checkpoint(spec)
-    codec = make_codec(ckpt.metadata["codec"])
-    state = {k[len("codec."):]: v for k, v in ckpt.tensors.items() if k.startswith("codec.")}
-    codec.load_state_dict(state)
-    return codec.requires_grad_(False)
+    from worldmodel.sample import codec_from_checkpoint
+
+    return codec_from_checkpoint(load_checkpoint(spec)).requires_grad_(False)
 
 
 def _step_generators(cfg: TrainConfig, rank: int, step: int, device) -> tuple[np.random.Generator, torch.Generator]:

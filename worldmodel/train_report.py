@@ -9,12 +9,7 @@ import torch
 
 from worldmodel.data import with_causing_actions
 from worldmodel.flow import sample_next_frame
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of uint8 images (data range 255)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+from worldmodel.sample import psnr
 
 
 class TrainReport:
