@@ -7,6 +7,7 @@ folder never changes. Bad input of any kind ends in one line on stderr and a non
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 
@@ -103,7 +104,10 @@ def run(command: str, overrides: list[str]) -> int:
         raise InputError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     module, func = COMMANDS[command][1].split(":")
     cfg = compose(command, overrides)
-    result = getattr(importlib.import_module(module), func)(cfg)
+    handler = getattr(importlib.import_module(module), func)
+    # commands that resume a run need to know which settings were given now (the rest come from the run)
+    takes_overrides = "overrides" in inspect.signature(handler).parameters
+    result = handler(cfg, overrides) if takes_overrides else handler(cfg)
     return int(result or 0)
 
 

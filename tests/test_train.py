@@ -40,9 +40,11 @@ def test_train_writes_checkpoint_report_and_check_describes_it(cli, pong_data, t
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cli, pong_data, tmp_path):
-    assert cli("train", f"data={pong_data}", f"out={tmp_path}/a", "steps=6", *TINY).returncode == 0
-    assert cli("train", f"data={pong_data}", f"out={tmp_path}/b", "steps=3", *TINY).returncode == 0
-    r = cli("train", f"data={pong_data}", f"out={tmp_path}/b", "steps=6", "resume=true", *TINY)
+    run_settings = [*TINY, "model.patch=16", "lr=1e-3", "clip_len=3"]
+    assert cli("train", f"data={pong_data}", f"out={tmp_path}/a", "steps=6", *run_settings).returncode == 0
+    assert cli("train", f"data={pong_data}", f"out={tmp_path}/b", "steps=3", *run_settings).returncode == 0
+    # the resumed invocation names only what changes: the run's own model, patch, lr and clip length are kept
+    r = cli("train", f"data={pong_data}", f"out={tmp_path}/b", "steps=6", "resume=true", "progress=false")
     assert r.returncode == 0, r.stderr
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys()

@@ -98,20 +98,26 @@ def flow_matching_loss(denoiser: Denoiser, x0, actions, schedule: NoiseSchedule,
 
 @torch.no_grad()
 def sample_next_frame(denoiser: Denoiser, context, context_actions, action, steps: int,
-                      attention: str = "causal", generator=None):
+                      attention: str = "causal", generator=None, context_sigma: float = 0.0):
     """Many-step Euler sampling of the frame after ``context`` [B, Tc, C, H, W] given its ``action`` [B, A].
 
-    The context frames are clean (level 0); the new frame starts as pure noise and is denoised over ``steps``
-    shifted levels, deterministically (DDIM-like steps on the flow path). Returns [B, C, H, W].
+    The context frames are shown at level ``context_sigma`` (0: clean; a small level such as 0.1 tells the model
+    not to trust every detail of frames it generated itself, which slows the drift of long rollouts); the new
+    frame starts as pure noise and is denoised over ``steps`` shifted levels, deterministically (DDIM-like steps
+    on the flow path). Returns [B, C, H, W].
     """
     B, Tc = context.shape[:2]
     levels = denoiser.schedule.levels(steps, device=context.device)
     x = torch.randn(context[:, :1].shape, generator=generator, device=context.device, dtype=context.dtype)
+    if context_sigma > 0:
+        ctx_eps = torch.randn(context.shape, generator=generator, device=context.device, dtype=context.dtype)
+        context = add_noise(context, ctx_eps, torch.full((B, Tc), context_sigma, device=context.device))
     actions = torch.cat([context_actions, action[:, None]], dim=1)
     T = Tc + 1
     mask = causal_mask(T, context.device) if attention == "causal" else bidirectional_mask(T, context.device)
     for s, s_next in zip(levels[:-1], levels[1:]):
-        sigma = torch.cat([torch.zeros(B, Tc, device=x.device), torch.full((B, 1), float(s), device=x.device)], 1)
+        sigma = torch.cat([torch.full((B, Tc), context_sigma, device=x.device),
+                           torch.full((B, 1), float(s), device=x.device)], 1)
         x0 = denoiser(torch.cat([context, x], dim=1), sigma, actions, frame_mask=mask)[:, -1:]
         eps = (x - (1 - s) * x0) / s
         x = (1 - s_next) * x0 + s_next * eps

@@ -61,7 +61,8 @@ def load_teacher(path, device="cpu", action_space=None) -> Teacher:
 
 @torch.no_grad()
 def rollout(teacher: Teacher, start_frames: np.ndarray, actions: np.ndarray, steps: int = 16,
-            context: int | None = None, seed: int = 0, start_actions: np.ndarray | None = None) -> np.ndarray:
+            context: int | None = None, seed: int = 0, start_actions: np.ndarray | None = None,
+            context_sigma: float = 0.0) -> np.ndarray:
     """Generate len(actions) frames after ``start_frames`` uint8 [S, H, W, 3].
 
     ``actions[i]`` [A] is the action that produces generated frame i (the one held while the frame before it was
@@ -82,7 +83,8 @@ def rollout(teacher: Teacher, start_frames: np.ndarray, actions: np.ndarray, ste
     out = []
     for i in range(len(actions)):
         x = sample_next_frame(teacher.denoiser, latents[:, -context:], acts[:, -context:], all_actions[i][None],
-                              steps, attention=teacher.attention, generator=g)  # [1, C, h, w]
+                              steps, attention=teacher.attention, generator=g,
+                              context_sigma=context_sigma)  # [1, C, h, w]
         latents = torch.cat([latents[:, -context:], x[:, None]], dim=1)
         acts = torch.cat([acts[:, -context:], all_actions[i][None, None]], dim=1)
         out.append(codec.to_uint8(codec.decode(x))[0].cpu().numpy())
@@ -127,7 +129,7 @@ def pooled_psnr(mses) -> float:
 
 
 def fidelity(teacher: Teacher, recording, episodes, horizons=(1, 4, 16), starts: int = 2, steps: int = 16,
-             seed: int = 0) -> dict:
+             seed: int = 0, context_sigma: float = 0.0) -> dict:
     """Teacher-forced next-frame PSNR and autoregressive PSNR by horizon on ``episodes`` of ``recording``,
     next to the two trivial baselines (repeat the last real frame; the mean frame), on the same frames.
     Every figure is the PSNR of the mean squared error over all samples (pooled)."""
@@ -150,7 +152,7 @@ def fidelity(teacher: Teacher, recording, episodes, horizons=(1, 4, 16), starts:
             tf.append(mse(pred[0], frames[s]))
             tf_repeat.append(mse(frames[s - 1], frames[s]))
             gen = rollout(teacher, frames[s - ctx:s], causing[s:s + H], steps=steps, seed=seed,
-                          start_actions=causing[s - ctx:s])
+                          start_actions=causing[s - ctx:s], context_sigma=context_sigma)
             for h in horizons:
                 truth = frames[s + h - 1]
                 ar[h].append(mse(gen[h - 1], truth))

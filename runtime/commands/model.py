@@ -23,14 +23,36 @@ def to_dataclass(cls, values: dict):
         raise InputError((f"{key}: " if key else "") + str(e).splitlines()[0]) from None
 
 
-def train(cfg) -> int:
+# settings given as ``model.<key>=`` on the command line that the training config keeps flat
+_MODEL_KEYS = {"model": "model", "model.size": "model", "model.patch": "patch", "model.stack_prev": "stack_prev",
+               "model.residual": "residual"}
+
+
+def resumed(values: dict, overrides: list[str]) -> dict:
+    """With ``resume=true`` and a run in ``out``: that run's saved settings, except those given on the command
+    line now. A resumed run is the same run: its model, codec and data are not re-read from the defaults."""
+    import json
+    from pathlib import Path
+
+    saved_path = Path(str(values["out"])) / "config.json"
+    if not values.get("resume") or not saved_path.exists():
+        return values
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{saved_path} is unreadable ({e}); cannot resume") from None
+    given = {_MODEL_KEYS.get(key, key) for key in (ov.split("=", 1)[0].lstrip("+") for ov in overrides)}
+    return {**values, **{k: v for k, v in saved.items() if k in values and k not in given}}
+
+
+def train(cfg, overrides=()) -> int:
     from worldmodel.train import TrainConfig, train as run_training
 
     values = OmegaConf.to_container(cfg)
     model = values.pop("model")
     values.update(model=model["size"], patch=model["patch"], stack_prev=model["stack_prev"],
                   residual=model.get("residual", False))
-    path = run_training(to_dataclass(TrainConfig, values))
+    path = run_training(to_dataclass(TrainConfig, resumed(values, list(overrides))))
     print(f"teacher: {path}")
     return 0
 
@@ -80,8 +102,8 @@ def sample(cfg) -> int:
     return 0
 
 
-def train_codec(cfg) -> int:
+def train_codec(cfg, overrides=()) -> int:
     from worldmodel.train_codec import CodecTrainConfig, train_codec as run
 
-    run(to_dataclass(CodecTrainConfig, OmegaConf.to_container(cfg)))
+    run(to_dataclass(CodecTrainConfig, resumed(OmegaConf.to_container(cfg), list(overrides))))
     return 0
