@@ -54,7 +54,7 @@ def test_cached_rolling_step_equals_recomputing_without_cache():
     sigma = torch.tensor([[s.levels[f["level"]] for f in s.window]])
     actions = torch.stack([f["action"] for f in s.window])[None]
     with torch.no_grad():
-        cached = s._forward(x, sigma, actions)
+        cached = s._pass(x, sigma, actions)
         # the same attention from scratch: start frames and emitted frames as clean inputs, then the window
         codec_start = s.codec.encode(torch.from_numpy(start))[None]
         ctx = torch.cat([codec_start] + rec.latents, 1)
@@ -159,4 +159,15 @@ def test_fusing_the_clean_reencode_into_the_next_pass_changes_nothing():
         s = _session(sink=1, recent=2, fuse_reencode=fuse)
         s.reset(_start(1), seed=3)
         frames[fuse] = np.stack([s.step(SPACE.encode(["UP"] if t % 3 else [])) for t in range(12)])
+    assert np.abs(frames[True].astype(int) - frames[False].astype(int)).max() <= 1  # fp32 rounding only
+
+
+@pytest.mark.slow
+def test_compiled_tick_matches_eager_and_compiles_at_reset():
+    frames = {}
+    for compiled in (False, True):
+        s = _session(sink=1, recent=2, compile=compiled)
+        s.reset(_start(1), seed=5)
+        assert (s._tick_net is not None) == compiled  # compiled during reset, before any tick
+        frames[compiled] = np.stack([s.step(SPACE.encode(["UP"] if t % 3 else [])) for t in range(10)])
     assert np.abs(frames[True].astype(int) - frames[False].astype(int)).max() <= 1

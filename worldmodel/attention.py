@@ -21,22 +21,23 @@ def _rope_freqs(n: int, theta: float) -> torch.Tensor:
     return 1.0 / theta ** (torch.arange(0, n, 2, dtype=torch.float64) / n)
 
 
-def rope_cos_sin(pos: torch.Tensor, n: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [len(pos), n/2] of positions ``pos`` (float or int) for a rotary group of n channels."""
-    angles = pos.to(torch.float64)[:, None] * _rope_freqs(n, theta).to(pos.device)[None]
-    return angles.cos().float(), angles.sin().float()
+def rope_angles(pos: torch.Tensor, n: int, theta: float) -> torch.Tensor:
+    """Rotation angles [len(pos), n/2] of positions ``pos`` (float or int) for a rotary group of n channels."""
+    return pos.to(torch.float64)[:, None] * _rope_freqs(n, theta).to(pos.device)[None]
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (x[..., 2i], x[..., 2i+1]) of x [..., L, n] by angles with cos/sin [L, n/2]."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2)
+def rotate(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (x[..., 2i], x[..., 2i+1]) of x [..., L, D] by the unit complex numbers table [L, D/2]."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+    return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
 
 
 @dataclass(frozen=True)
 class RopeLayout:
-    """How a head's channels split into (time, y, x) rotary groups, and the fixed spatial grid."""
+    """How a head's channels split into (time, y, x) rotary groups, and the fixed spatial grid.
+
+    A rotation table is a complex tensor [tokens, head_dim/2]: one unit complex number per channel pair. A pair
+    of a group that should not turn (space for cached keys, time for keys about to be cached) gets 1."""
     head_dim: int
     grid_h: int  # tokens per frame vertically
     grid_w: int  # tokens per frame horizontally
@@ -49,31 +50,33 @@ class RopeLayout:
         space = (self.head_dim // 3) // 2 * 2
         return self.head_dim - 2 * space, space, space
 
-    def spatial(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [N, (ny + nx)/2] of the N = grid_h * grid_w tokens of one frame (row-major)."""
+    @property
+    def n_tokens(self) -> int:
+        return self.grid_h * self.grid_w
+
+    def _space_angles(self, device) -> torch.Tensor:
+        """[N, (ny + nx)/2] angles of the N tokens of one frame (row-major)."""
         _, ny, nx = self.split
         ys = torch.arange(self.grid_h, device=device).repeat_interleave(self.grid_w)
         xs = torch.arange(self.grid_w, device=device).repeat(self.grid_h)
-        cy, sy = rope_cos_sin(ys, ny, self.theta_space)
-        cx, sx = rope_cos_sin(xs, nx, self.theta_space)
-        return torch.cat([cy, cx], -1), torch.cat([sy, sx], -1)
+        return torch.cat([rope_angles(ys, ny, self.theta_space), rope_angles(xs, nx, self.theta_space)], -1)
 
-
-def rotate_space(x: torch.Tensor, layout: RopeLayout, cos_sin) -> torch.Tensor:
-    """x [B, H, T*N, D]: rotate the spatial channel groups of every token (its frame's grid position)."""
-    nt = layout.split[0]
-    cos, sin = cos_sin  # [N, ...]
-    n_frames = x.shape[-2] // cos.shape[0]
-    cos, sin = cos.repeat(n_frames, 1), sin.repeat(n_frames, 1)
-    return torch.cat([x[..., :nt], apply_rope(x[..., nt:], cos, sin)], -1)
-
-
-def rotate_time(x: torch.Tensor, layout: RopeLayout, frame_pos: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T*N, D]: rotate the time channel group by each token's frame position ``frame_pos`` [T]."""
-    nt = layout.split[0]
-    n_tokens = layout.grid_h * layout.grid_w
-    cos, sin = rope_cos_sin(frame_pos.repeat_interleave(n_tokens), nt, layout.theta_time)
-    return torch.cat([apply_rope(x[..., :nt], cos, sin), x[..., nt:]], -1)
+    def table(self, frame_pos: torch.Tensor | None, n_frames: int, space: bool = True, device=None) -> torch.Tensor:
+        """Rotation table of ``n_frames`` frames' tokens: time by ``frame_pos`` [T] (None: no time turn), and
+        the frame's grid position unless ``space`` is False."""
+        nt, ny, nx = self.split
+        device = frame_pos.device if frame_pos is not None else device
+        N = self.n_tokens
+        if frame_pos is None:
+            time = torch.zeros(n_frames * N, nt // 2, dtype=torch.float64, device=device)
+        else:
+            time = rope_angles(frame_pos.repeat_interleave(N), nt, self.theta_time)
+        if space:
+            sp = self._space_angles(time.device).repeat(n_frames, 1)
+        else:
+            sp = torch.zeros(n_frames * N, (ny + nx) // 2, dtype=torch.float64, device=time.device)
+        return torch.polar(torch.ones_like(time[:, :1]).expand(-1, (nt + ny + nx) // 2).float(),
+                           torch.cat([time, sp], -1).float())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,9 +108,6 @@ class LayerContext:
     pos: torch.Tensor
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame_mask: torch.Tensor | None,
-           n_tokens: int) -> torch.Tensor:
-    """Scaled dot-product attention; q [B, H, Tq*N, D], k/v [B, H, Tk*N, D]; frame_mask [Tq, Tk] or None."""
-    if frame_mask is None or bool(frame_mask.all()):
-        return F.scaled_dot_product_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=expand_mask(frame_mask, n_tokens))
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+    """Scaled dot-product attention; q [B, H, Tq*N, D], k/v [B, H, Tk*N, D]; token_mask [Tq*N, Tk*N] or None."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=token_mask)

@@ -36,6 +36,7 @@ class EngineConfig:
     shift: float | None = None  # level shift (None = the checkpoint's schedule)
     teacher_steps: int = 16  # Euler steps per frame in teacher mode
     fuse_reencode: bool = True  # rolling: compute the emitted frame's clean keys/values in the next tick's pass
+    compile: bool = False  # rolling + fused: torch.compile the fixed-shape tick at the first reset (not in a tick)
 
 
 class WorldSession:
@@ -58,6 +59,7 @@ class WorldSession:
             schedule = type(schedule)(**{**schedule.to_dict(), "shift": cfg.shift})
         self.levels = schedule.levels(steps).tolist()  # steps + 1 levels, 1 -> 0
         self.ticks = 0
+        self._tick_net = None  # the compiled steady-state pass (``compile``), built at the first reset
 
     @classmethod
     def from_checkpoint(cls, path, cfg: EngineConfig | None = None, device="cpu") -> "WorldSession":
@@ -102,7 +104,23 @@ class WorldSession:
         self.last_frame = frames[-1]
         if cfg.mode.startswith("rolling"):
             self._warm_up()
+            if cfg.compile and cfg.fuse_reencode and self._tick_net is None:
+                self._compile_tick()
         return self.last_frame
+
+    def _compile_tick(self) -> None:
+        """Compile the steady-state pass (emitted frame + window, every cache slot) and run it once on dummy
+        inputs, so that compilation happens now and never inside a tick. The session's state is not touched."""
+        self._tick_net = torch.compile(self.denoiser, dynamic=False)
+        T = self.cfg.window + 1
+        c = self.net.cfg
+        x = torch.zeros(1, T, c.channels, c.height, c.width, device=self.device)
+        sigma = torch.zeros(1, T, device=self.device)
+        actions = torch.zeros(1, T, self.action_space.size, device=self.device)
+        saved = self.pending, self.cache.last_clean
+        self.pending = None
+        self._pass(x, sigma, actions, reencode=True)
+        self.pending, self.cache.last_clean = saved
 
     @torch.no_grad()
     def step(self, action) -> np.ndarray:
@@ -133,10 +151,16 @@ class WorldSession:
         x = torch.cat([f["x"] for f in self.window], dim=1)  # [1, W, C, h, w]
         sigma = torch.tensor([[self.levels[f["level"]] for f in self.window]], device=self.device)
         actions = torch.stack([f["action"] for f in self.window])[None]  # [1, W, A]
-        if self.pending is not None:
-            x0 = self._fused_forward(x, sigma, actions)
+        if self.pending is not None:  # the last emitted frame's clean re-encode rides in front of the window
+            latent, act = self.pending
+            self.pending = None
+            zero = torch.zeros(1, 1, device=self.device)
+            x0, kv = self._pass(torch.cat([latent, x], 1), torch.cat([zero, sigma], 1), torch.cat([act, actions], 1),
+                                reencode=True)
+            self.cache.push(kv, latent)
+            x0 = x0[:, 1:]
         else:
-            x0 = self._forward(x, sigma, actions)  # [1, W, C, h, w]
+            x0 = self._pass(x, sigma, actions)  # [1, W, C, h, w]
         out = None
         if emit:
             out = x0[:, :1]
@@ -161,55 +185,40 @@ class WorldSession:
         x = self._new_noise()
         actions = action[None, None]
         for s, s_next in zip(levels[:-1], levels[1:]):
-            x0 = self._forward(x, torch.full((1, 1), s, device=self.device), actions)
+            x0 = self._pass(x, torch.full((1, 1), s, device=self.device), actions)
             x = (1 - s_next) * x0 + s_next * self._new_noise() if s_next > 0 else x0
         self._push_clean(x, actions)
         return x
 
     # -- shared -----------------------------------------------------------------------------------------------------
-    def _forward(self, x, sigma, actions) -> torch.Tensor:
-        """Denoise input frames x [1, T, C, h, w] attending to the whole cache and to each other."""
-        context = self.cache.context(self.device)
-        n_ctx = 0 if context is None else context[0].pos.shape[0]
-        T = x.shape[1]
+    def _pass(self, x, sigma, actions, reencode: bool = False):
+        """One forward over input frames x [1, T, C, h, w] (levels sigma [1, T], actions [1, T, A]) attending to
+        the cache and, bidirectionally, to each other; returns clean-frame predictions [1, T, C, h, w].
+
+        With ``reencode``, x[:, 0] is a finished clean frame whose keys/values the caller pushes into the cache
+        (also returned): it attends only to the cache and itself, and this pass already sees the cache as it
+        will be after that push, without the frame the push evicts. A frame's clean re-encode thus sees the sink
+        and the C-1 newest recent frames, whether it runs alone or fused in front of the next window.
+
+        Every pass sees every cache slot, masked, so the steady-state tick has one fixed shape (``compile``).
+        """
+        context, seen, n_ctx = self.cache.context(without_evicted=reencode)
+        T, slots = x.shape[1], seen.numel()
+        mask = torch.ones(T, slots + T, dtype=torch.bool, device=self.device)
+        mask[:, :slots] = seen
+        if reencode:
+            mask[0, slots + 1:] = False
         prev = torch.cat([self.cache.last_clean, x[:, :-1]], dim=1)
         prev_sigma = torch.cat([torch.zeros(1, 1, device=self.device), sigma[:, :-1]], dim=1)
-        pos = torch.arange(n_ctx, n_ctx + T, device=self.device)
-        return self.denoiser(x, sigma, actions, prev=prev, prev_sigma=prev_sigma, frame_pos=pos, frame_mask=None,
-                             context=context)
-
-    def _fused_forward(self, x, sigma, actions) -> torch.Tensor:
-        """The window pass with the last emitted frame's clean re-encode fused in front of it.
-
-        Input: [emitted frame at level 0, window...]. The emitted frame attends only to the cache and itself (as
-        its separate re-encode would); the window attends to everything. Its keys/values go into the cache; the
-        frame the push will evict is already left out, so the window sees exactly what it would unfused.
-        """
-        latent, act = self.pending
-        self.pending = None
-        context = self.cache.context(self.device, without_evicted=True)
-        n_ctx = 0 if context is None else context[0].pos.shape[0]
-        T = x.shape[1] + 1
-        xs = torch.cat([latent, x], dim=1)
-        sig = torch.cat([torch.zeros(1, 1, device=self.device), sigma], dim=1)
-        prev = torch.cat([self.cache.last_clean, xs[:, :-1]], dim=1)
-        prev_sigma = torch.cat([torch.zeros(1, 1, device=self.device), sig[:, :-1]], dim=1)
-        mask = torch.ones(T, n_ctx + T, dtype=torch.bool, device=self.device)
-        mask[0, n_ctx + 1:] = False
-        out, kv = self.denoiser(xs, sig, torch.cat([act, actions], dim=1), prev=prev, prev_sigma=prev_sigma,
-                                frame_pos=torch.arange(n_ctx, n_ctx + T, device=self.device), frame_mask=mask,
-                                context=context, return_kv=True)
-        self.cache.push(kv, latent)
-        return out[:, 1:]
+        steady = reencode and T == self.cfg.window + 1
+        net = self._tick_net if steady and self._tick_net is not None else self.denoiser
+        return net(x, sigma, actions, prev=prev, prev_sigma=prev_sigma,
+                   frame_pos=torch.arange(n_ctx, n_ctx + T, device=self.device), frame_mask=mask, context=context,
+                   return_kv=reencode)
 
     def _push_clean(self, latent: torch.Tensor, actions: torch.Tensor) -> None:
         """Clean re-encode: keys/values of the finished frame at level 0, pushed into the cache."""
-        context = self.cache.context(self.device)
-        n_ctx = 0 if context is None else context[0].pos.shape[0]
-        zero = torch.zeros(1, 1, device=self.device)
-        _, kv = self.denoiser(latent, zero, actions, prev=self.cache.last_clean, prev_sigma=zero,
-                              frame_pos=torch.tensor([n_ctx], device=self.device), frame_mask=None,
-                              context=context, return_kv=True)
+        _, kv = self._pass(latent, torch.zeros(1, 1, device=self.device), actions, reencode=True)
         self.cache.push(kv, latent)
 
     def _check_frames(self, frames) -> np.ndarray:

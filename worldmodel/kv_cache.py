@@ -80,16 +80,25 @@ class KVCache:
         slots = torch.cat([sink, recent])
         return slots, torch.arange(len(slots)), len(slots)
 
-    def context(self, device=None, without_evicted: bool = False) -> list[LayerContext] | None:
-        """Per-layer keys/values of every cached frame, laid out for this tick (None when empty)."""
+    @property
+    def slots(self) -> int:
+        return self.sink_capacity + self.recent_capacity
+
+    def context(self, without_evicted: bool = False) -> tuple[list[LayerContext], torch.Tensor, int]:
+        """What a pass attends to in the cache this tick: (per-layer keys/values over *every* slot, [slots]
+        booleans marking the slots it may see, how many that is).
+
+        The keys/values are views of the preallocated buffers (no copy) in slot order, so a pass has the same
+        shapes from the first tick to the last; empty slots (and, ``without_evicted``, the frame the next push
+        will evict) are hidden by the mask. Each seen slot carries its time position of the current layout.
+        """
         slots, pos, n = self.layout(without_evicted)
-        if n == 0:
-            return None
-        token_idx = (slots[:, None] * self.n_tokens + torch.arange(self.n_tokens)).flatten().to(self.k.device)
-        ks = self.k.index_select(3, token_idx)  # [layer, 1, heads, n*N, head_dim]
-        vs = self.v.index_select(3, token_idx)
-        pos = pos.to(device or self.k.device)
-        return [LayerContext(ks[i], vs[i], pos) for i in range(self.k.shape[0])]
+        seen = torch.zeros(self.slots, dtype=torch.bool)
+        seen[slots] = True
+        slot_pos = torch.zeros(self.slots, dtype=torch.long)
+        slot_pos[slots] = pos
+        slot_pos = slot_pos.to(self.k.device)
+        return [LayerContext(self.k[i], self.v[i], slot_pos) for i in range(self.k.shape[0])], seen.to(self.k.device), n
 
     def nbytes(self) -> int:
         return self.k.numel() * self.k.element_size() * 2

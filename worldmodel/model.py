@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from worldmodel.attention import LayerContext, RopeLayout, attend, rotate_space, rotate_time
+from worldmodel.attention import LayerContext, RopeLayout, attend, expand_mask, rotate
 
 
 @dataclass
@@ -92,6 +92,14 @@ def modulate(x, shift, scale):
 # ---------------------------------------------------------------------------------------------------------------
 # Blocks
 
+@dataclass
+class Rotations:
+    """The rotary tables of one forward pass, shared by every block (see ``attention.RopeLayout.table``)."""
+    full: torch.Tensor  # input tokens: time and space
+    space: torch.Tensor | None  # input tokens, space only: their keys as a cache stores them (None: not wanted)
+    context: torch.Tensor | None  # cached keys: time only (their space turn is stored)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -101,17 +109,17 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.dim // cfg.heads)
         self.k_norm = nn.RMSNorm(cfg.dim // cfg.heads)
 
-    def forward(self, x, rope: RopeLayout, space_cs, frame_pos, frame_mask, context: LayerContext | None):
+    def forward(self, x, rot: Rotations, token_mask, context: LayerContext | None):
         # x: [B, T, N, dim]
         B, T, N, _ = x.shape
         q, k, v = rearrange(self.qkv(x), "b t n (three h d) -> three b h (t n) d", three=3, h=self.heads)
-        q, k = rotate_space(self.q_norm(q), rope, space_cs), rotate_space(self.k_norm(k), rope, space_cs)
-        new_kv = (k, v)  # time-unrotated keys: what a KV cache stores
-        q, k = rotate_time(q, rope, frame_pos), rotate_time(k, rope, frame_pos)
+        q, k = self.q_norm(q), self.k_norm(k)
+        new_kv = (rotate(k, rot.space), v) if rot.space is not None else None  # what a KV cache stores
+        q, k = rotate(q, rot.full), rotate(k, rot.full)
         if context is not None:
-            k = torch.cat([rotate_time(context.k, rope, context.pos), k], dim=2)
+            k = torch.cat([rotate(context.k, rot.context), k], dim=2)
             v = torch.cat([context.v, v], dim=2)
-        out = attend(q, k, v, frame_mask, rope.grid_h * rope.grid_w)  # [B, h, T*N, d]
+        out = attend(q, k, v, token_mask)  # [B, h, T*N, d]
         return self.proj(rearrange(out, "b h (t n) d -> b t n (h d)", t=T)), new_kv
 
 
@@ -127,11 +135,10 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
 
-    def forward(self, x, c, rope, space_cs, frame_pos, frame_mask, context):
+    def forward(self, x, c, rot: Rotations, token_mask, context):
         # x: [B, T, N, dim]; c: [B, T, dim], one conditioning vector per frame, broadcast over its tokens
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, :, None].chunk(6, dim=-1)  # [B, T, 1, dim]
-        a, new_kv = self.attn(modulate(self.norm1(x), shift1, scale1), rope, space_cs, frame_pos, frame_mask,
-                              context)
+        a, new_kv = self.attn(modulate(self.norm1(x), shift1, scale1), rot, token_mask, context)
         x = x + gate1 * a
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x, new_kv
@@ -206,10 +213,14 @@ class DiT(nn.Module):
         c = self.cond(sigma, actions, prev_sigma)  # [B, T, dim]
         if frame_pos is None:
             frame_pos = torch.arange(T, device=x.device)
-        space_cs = self.rope.spatial(x.device)
+        rot = Rotations(full=self.rope.table(frame_pos, T),
+                        space=self.rope.table(None, T, device=x.device) if return_kv else None,
+                        context=None if context is None else self.rope.table(context[0].pos, len(context[0].pos),
+                                                                             space=False))
+        token_mask = None if frame_mask is None else expand_mask(frame_mask, cfg.tokens_per_frame)
         kvs = []
         for i, block in enumerate(self.blocks):
-            h, kv = block(h, c, self.rope, space_cs, frame_pos, frame_mask, None if context is None else context[i])
+            h, kv = block(h, c, rot, token_mask, None if context is None else context[i])
             kvs.append(kv)
         out = self.final(h, c)
         gh, gw = cfg.grid

@@ -86,7 +86,7 @@ def sample(cfg) -> int:
     causing = np.concatenate([np.zeros_like(actions[:1]), actions[:-1]])
     lo = max(0, start - ctx)
     gen = rollout(teacher, frames[lo:start], causing[start:start + n], steps=int(cfg.steps), seed=int(cfg.seed),
-                  start_actions=causing[lo:start])
+                  start_actions=causing[lo:start], context_sigma=float(cfg.context_sigma))
     with VideoWriter(cfg.out, fps=rec.fps, scale=4) as video:
         for real, fake in zip(frames[start:start + n], gen):
             video.write(hstack(real, fake))
@@ -97,7 +97,7 @@ def sample(cfg) -> int:
         tc = teacher.metadata["provenance"].get("train_config", {})
         _, val = split_episodes(rec, float(tc.get("val_fraction", 0.1)), seed=int(tc.get("seed", 0)))
         result = fidelity(teacher, rec, val, horizons=tuple(cfg.horizons), starts=int(cfg.starts),
-                          steps=int(cfg.steps), seed=int(cfg.seed))
+                          steps=int(cfg.steps), seed=int(cfg.seed), context_sigma=float(cfg.context_sigma))
         print(json.dumps(result, indent=1))
     return 0
 

@@ -23,7 +23,8 @@ def _engine_config(cfg):
     from worldmodel.engine import EngineConfig
 
     return EngineConfig(mode=cfg.mode, window=int(cfg.window), sink=int(cfg.sink), recent=int(cfg.recent),
-                        teacher_steps=int(cfg.teacher_steps), fuse_reencode=bool(cfg.get("fuse_reencode", True)))
+                        teacher_steps=int(cfg.teacher_steps), fuse_reencode=bool(cfg.get("fuse_reencode", True)),
+                        compile=bool(cfg.get("compile", False)))
 
 
 def _start_frames(session, start: str, seed: int) -> np.ndarray:
@@ -142,12 +143,16 @@ def bench(cfg) -> int:
     frames = int(cfg.frames)
     if frames < 200:
         raise InputError("bench needs frames >= 200")
+    from tqdm import tqdm
+
     player = _RandomPlayer(session.action_space, 0)
-    session.reset(start, seed=0)
+    t_start = time.perf_counter()
+    session.reset(start, seed=0)  # includes compiling the tick with compile=true
+    startup_s = time.perf_counter() - t_start
     for _ in range(10):  # warm-up ticks, not measured
         session.step(player.act())
     tick_ms, rss = np.zeros(frames), {}
-    for i in range(frames):
+    for i in tqdm(range(frames), unit="tick", disable=not cfg.get("progress", True), mininterval=2.0):
         t0 = time.perf_counter()
         session.step(player.act())
         tick_ms[i] = (time.perf_counter() - t0) * 1000
@@ -158,7 +163,9 @@ def bench(cfg) -> int:
     p50 = float(np.percentile(tick_ms, 50))
     result = {
         "model": what, "parameters": count_params(session.net), "mode": cfg.mode, "window": int(cfg.window),
-        "sink": int(cfg.sink), "recent": int(cfg.recent), "threads": torch.get_num_threads(), "frames": frames,
+        "sink": int(cfg.sink), "recent": int(cfg.recent), "fuse_reencode": bool(session.cfg.fuse_reencode),
+        "compile": bool(session.cfg.compile), "threads": torch.get_num_threads(), "frames": frames,
+        "startup_s": startup_s,
         "tokens_per_frame": session.net.cfg.tokens_per_frame,
         "fps": float(1000 / tick_ms.mean()), "tick_ms_p50": p50, "tick_ms_p99": float(np.percentile(tick_ms, 99)),
         "latency_ticks": session.latency_ticks, "latency_ms": session.latency_ticks * p50,
