@@ -120,6 +120,10 @@ def test_codec_stage_feeds_the_teacher(cli, pong_data, tmp_path):
     r = cli("check", f"ckpt={tmp_path}/run/teacher.safetensors")
     assert "type=conv_ae" in r.stdout and "channels=4, height=16, width=16" in r.stdout, r.stdout
     r = cli("sample", f"ckpt={tmp_path}/run/teacher.safetensors", f"data={pong_data}", f"out={tmp_path}/s.mp4",
-            "frames=3", "start=4", "steps=2", "metrics=false")
+            "frames=5", "start=4", "steps=2", "metrics=false", f"png={tmp_path}/s.png")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "s.mp4").exists()
+    from PIL import Image
+
+    strip = Image.open(tmp_path / "s.png")  # frames 1 and 4: two columns of real over generated, 3x scale
+    assert strip.size == (3 * (2 * 64 + 4), 3 * (2 * 64 + 2))

@@ -90,6 +90,8 @@ def sample(cfg) -> int:
     with VideoWriter(cfg.out, fps=rec.fps, scale=4) as video:
         for real, fake in zip(frames[start:start + n], gen):
             video.write(hstack(real, fake))
+    if cfg.png:
+        _write_strip(cfg.png, frames[start:start + n], gen)
     scores = [psnr(g, r) for g, r in zip(gen, frames[start:start + n])]
     print(f"wrote {cfg.out}: episode {ep.name}, frames {start}..{start + n - 1}, {cfg.steps} steps a frame; "
           f"PSNR at 1/{min(4, n)}/{n}: {scores[0]:.2f}/{scores[min(4, n) - 1]:.2f}/{scores[-1]:.2f} dB")
@@ -100,6 +102,20 @@ def sample(cfg) -> int:
                           steps=int(cfg.steps), seed=int(cfg.seed), context_sigma=float(cfg.context_sigma))
         print(json.dumps(result, indent=1))
     return 0
+
+
+def _write_strip(path, real, generated, horizons=(1, 4, 9, 16, 32, 64, 128, 256)) -> None:
+    """A PNG with one column per horizon (frames after the start): real on top, generated below."""
+    import numpy as np
+    from PIL import Image
+
+    from games.video import hstack, upscale
+
+    cols = [np.concatenate([real[h - 1], np.full_like(real[0][:2], 255), generated[h - 1]], axis=0)
+            for h in horizons if h <= len(generated)]
+    Image.fromarray(upscale(hstack(*cols, gap=4), 3)).save(path)
+    print(f"wrote {path}: real (top) and generated (bottom) at frames "
+          f"{', '.join(str(h) for h in horizons if h <= len(generated))} after the start")
 
 
 def train_codec(cfg, overrides=()) -> int:
