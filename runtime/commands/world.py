@@ -128,6 +128,21 @@ def _random_session(cfg, torch):
     return session, game.reset(0)
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+def _busy_cores(n: int) -> list:
+    """``n`` processes that each keep one core busy: what a player's window thread or another program does."""
+    import multiprocessing
+
+    procs = [multiprocessing.get_context("spawn").Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    return procs
+
+
 def bench(cfg) -> int:
     torch = _torch(cfg.threads)
     from worldmodel.engine import WorldSession
@@ -149,22 +164,28 @@ def bench(cfg) -> int:
     t_start = time.perf_counter()
     session.reset(start, seed=0)  # includes compiling the tick with compile=true
     startup_s = time.perf_counter() - t_start
-    for _ in range(10):  # warm-up ticks, not measured
-        session.step(player.act())
-    tick_ms, rss = np.zeros(frames), {}
-    for i in tqdm(range(frames), unit="tick", disable=not cfg.get("progress", True), mininterval=2.0):
-        t0 = time.perf_counter()
-        session.step(player.act())
-        tick_ms[i] = (time.perf_counter() - t0) * 1000
-        if i + 1 in (100, frames):
-            rss[i + 1] = _rss_mb()
+    busy = _busy_cores(int(cfg.busy_cores))
+    try:
+        for _ in range(10):  # warm-up ticks, not measured
+            session.step(player.act())
+        tick_ms, rss = np.zeros(frames), {}
+        for i in tqdm(range(frames), unit="tick", disable=not cfg.get("progress", True), mininterval=2.0):
+            t0 = time.perf_counter()
+            session.step(player.act())
+            tick_ms[i] = (time.perf_counter() - t0) * 1000
+            if i + 1 in (100, frames):
+                rss[i + 1] = _rss_mb()
+    finally:
+        for p in busy:
+            p.terminate()
     fps_100 = 1000 / tick_ms[:100].mean()
     fps_end = 1000 / tick_ms[-100:].mean()
     p50 = float(np.percentile(tick_ms, 50))
     result = {
         "model": what, "parameters": count_params(session.net), "mode": cfg.mode, "window": int(cfg.window),
         "sink": int(cfg.sink), "recent": int(cfg.recent), "fuse_reencode": bool(session.cfg.fuse_reencode),
-        "compile": bool(session.cfg.compile), "threads": torch.get_num_threads(), "frames": frames,
+        "compile": bool(session.cfg.compile), "threads": torch.get_num_threads(),
+        "busy_cores": int(cfg.busy_cores), "frames": frames,
         "startup_s": startup_s,
         "tokens_per_frame": session.net.cfg.tokens_per_frame,
         "fps": float(1000 / tick_ms.mean()), "tick_ms_p50": p50, "tick_ms_p99": float(np.percentile(tick_ms, 99)),
