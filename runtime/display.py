@@ -1,7 +1,9 @@
 """Pixels on a screen: a frame drawn as a texture by moderngl, in a pygame window or an offscreen EGL framebuffer.
 
 ``FramePresenter`` owns the GL objects (one texture the size of a frame, one full-screen quad) and draws a frame
-with aspect-correct integer scaling. ``Window`` gives it a pygame window with an OpenGL 3.3 core context;
+with aspect-correct integer scaling, then alpha-blends ``Overlay`` images (the HUD, the help) over it at one screen
+pixel per image pixel: overlays live only on the screen, never in the frame. ``Window`` gives it a pygame window
+with an OpenGL 3.3 core context;
 ``OffscreenDisplay`` gives it an EGL framebuffer (no display needed: tests, video export, servers). Both read back
 what they drew with ``read_screen()``.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +35,20 @@ in vec2 uv;
 out vec4 color;
 void main() { color = vec4(texture(frame, uv).rgb, 1.0); }
 """
+_OVERLAY_FRAGMENT = """
+#version 330
+uniform sampler2D image;
+in vec2 uv;
+out vec4 color;
+void main() { color = texture(image, uv); }
+"""
+
+
+@dataclass
+class Overlay:
+    """An RGBA image drawn over the frame's picture at one screen pixel per image pixel."""
+    image: np.ndarray  # uint8 [h, w, 4], row 0 at the top
+    where: str = "top-left"  # top-left | center of the frame's picture on the screen
 
 
 def fit_viewport(frame_wh: tuple[int, int], screen_wh: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -62,11 +79,18 @@ class FramePresenter:
         self._gl_filter = moderngl.NEAREST if filter == "nearest" else moderngl.LINEAR
         self.program = ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
         quad = np.array([-1, -1, 1, -1, -1, 1, 1, 1], dtype="f4")
-        self.vao = ctx.vertex_array(self.program, [(ctx.buffer(quad.tobytes()), "2f", "in_pos")])
+        quad_buffer = ctx.buffer(quad.tobytes())
+        self.vao = ctx.vertex_array(self.program, [(quad_buffer, "2f", "in_pos")])
+        self.overlay_program = ctx.program(vertex_shader=_VERTEX, fragment_shader=_OVERLAY_FRAGMENT)
+        self.overlay_vao = ctx.vertex_array(self.overlay_program, [(quad_buffer, "2f", "in_pos")])
         self.texture = None
+        self.overlay_textures: list = []  # one per overlay slot, re-created when its size changes
+        self.scale = 1  # screen pixels per frame pixel at the last draw (at least 1)
 
-    def draw(self, frame: np.ndarray, target_size: tuple[int, int]) -> tuple[int, int, int, int]:
-        """Upload ``frame`` and draw it scaled into a target of ``target_size`` (w, h); returns the viewport."""
+    def draw(self, frame: np.ndarray, target_size: tuple[int, int],
+             overlays: tuple[Overlay, ...] = ()) -> tuple[int, int, int, int]:
+        """Upload ``frame``, draw it scaled into a target of ``target_size`` (w, h) and blend ``overlays`` over it;
+        returns the frame's viewport."""
         import moderngl
 
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
@@ -83,7 +107,38 @@ class FramePresenter:
         self.ctx.viewport = viewport
         self.texture.use(0)
         self.vao.render(moderngl.TRIANGLE_STRIP)
+        self.scale = max(1, viewport[2] // w)
+        for slot, overlay in enumerate(overlays):
+            self._draw_overlay(slot, overlay, viewport, target_size)
         return viewport
+
+    def _draw_overlay(self, slot: int, overlay: Overlay, viewport, target_size) -> None:
+        import moderngl
+
+        image = np.ascontiguousarray(overlay.image, dtype=np.uint8)
+        h, w = image.shape[:2]
+        while len(self.overlay_textures) <= slot:
+            self.overlay_textures.append(None)
+        texture = self.overlay_textures[slot]
+        if texture is None or texture.size != (w, h):
+            if texture is not None:
+                texture.release()
+            texture = self.overlay_textures[slot] = self.ctx.texture((w, h), 4, alignment=1)
+            texture.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        texture.write(image.tobytes(), alignment=1)
+        vx, vy, vw, vh = viewport  # GL viewports count y from the bottom
+        if overlay.where == "center":
+            x, y = vx + (vw - w) // 2, vy + (vh - h) // 2
+        else:
+            margin = max(2, min(vw, vh) // 64)
+            x, y = vx + margin, vy + vh - margin - h
+        self.ctx.viewport = (x, y, w, h)
+        self.ctx.enable(moderngl.BLEND)
+        self.ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
+        texture.use(0)
+        self.overlay_vao.render(moderngl.TRIANGLE_STRIP)
+        self.ctx.disable(moderngl.BLEND)
+        self.ctx.viewport = (0, 0, *target_size)
 
 
 def _no_display_error() -> InputError:
@@ -128,12 +183,17 @@ class Window:
         self.presenter = FramePresenter(self.ctx, filter)
         self.size = pygame.display.get_window_size()
 
-    def show(self, frame: np.ndarray) -> None:
-        """Draw ``frame`` scaled to the window and flip."""
+    @property
+    def scale(self) -> int:
+        """Screen pixels per frame pixel at the last show."""
+        return self.presenter.scale
+
+    def show(self, frame: np.ndarray, overlays: tuple[Overlay, ...] = ()) -> None:
+        """Draw ``frame`` scaled to the window, ``overlays`` over it, and flip."""
         import pygame
 
         self.size = pygame.display.get_window_size()
-        self.presenter.draw(frame, self.size)
+        self.presenter.draw(frame, self.size, overlays)
         if self.capture:
             w, h = self.size
             data = self.ctx.screen.read(viewport=(0, 0, w, h), components=3, alignment=1)
@@ -154,6 +214,18 @@ class Window:
         import pygame
 
         pygame.display.set_caption(title)
+
+    def toggle_fullscreen(self) -> None:
+        import pygame
+
+        pygame.display.toggle_fullscreen()  # SDL keeps the GL context; the next show() fits the new size
+
+    def grab_mouse(self, grab: bool) -> None:
+        """Confine and hide the pointer (SDL then reports relative motion without edges), or release it."""
+        import pygame
+
+        pygame.event.set_grab(grab)
+        pygame.mouse.set_visible(not grab)
 
     def close(self) -> None:
         import pygame
@@ -176,9 +248,13 @@ class OffscreenDisplay:
         self.fbo = self.ctx.simple_framebuffer(self.size, components=3)
         self.presenter = FramePresenter(self.ctx, filter)
 
-    def show(self, frame: np.ndarray) -> None:
+    @property
+    def scale(self) -> int:
+        return self.presenter.scale
+
+    def show(self, frame: np.ndarray, overlays: tuple[Overlay, ...] = ()) -> None:
         self.fbo.use()
-        self.presenter.draw(frame, self.size)
+        self.presenter.draw(frame, self.size, overlays)
 
     def read_screen(self) -> np.ndarray:
         w, h = self.size
@@ -188,5 +264,19 @@ class OffscreenDisplay:
     def set_title(self, title: str) -> None:
         pass
 
+    def toggle_fullscreen(self) -> None:
+        pass
+
+    def grab_mouse(self, grab: bool) -> None:
+        pass
+
     def close(self) -> None:
         self.ctx.release()
+        # moderngl leaves the EGL context current on this thread: a GLX window opened later in the same process
+        # then dies with BadAccess in glXMakeCurrent (Mesa). Releasing the thread's EGL state prevents that.
+        try:
+            import ctypes
+
+            ctypes.CDLL("libEGL.so.1").eglReleaseThread()
+        except OSError:
+            pass

@@ -3,17 +3,26 @@
 The frame source is anything with ``reset(seed) -> frame``, ``step(action) -> frame``, an ``action_space``
 and a ``fps``: the real games now, the world model later. This module owns time, input and pixels, never maths.
 Each tick: read the input held while the current frame was shown -> record (frame, action) -> step -> show.
+
+The player's controls (``runtime.input.Controls``) act on the session, never on the source's frames: pause (the
+window keeps ticking, the source does not step), reset, the HUD and help overlays (drawn by the display over the
+picture), a screenshot of the clean frame, fullscreen, and the mouse grab for games that use the mouse.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from runtime.input import InputMapper
+from runtime.display import Overlay
+from runtime.hud import PlayMeter, TextPanel, format_hud, help_lines
+from runtime.input import Controls, InputMapper
 from runtime.loop import TickLoop, TickStats
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -29,20 +38,108 @@ class PlayResult:
 
 
 class PlaySession:
-    """Runs ``source`` at ``fps`` ticks per second until ``frames`` ticks, Esc, window close, Ctrl-C or SIGTERM."""
+    """Runs ``source`` at ``fps`` ticks per second until ``frames`` ticks, Esc, window close, Ctrl-C or SIGTERM.
+
+    ``controls``: the play controls (None: Esc quits, nothing else); ``hud``: show the HUD from the start;
+    ``screenshots``: folder for screenshots; ``on_reset(seed)``: called after the player reset the source.
+    ``frames`` counts ticks, paused ones included.
+    """
 
     def __init__(self, source, display, input_mapper: InputMapper | None = None, fps: float | None = None,
                  agent=None, on_frame: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                 title: str = "rollingworld"):
+                 title: str = "rollingworld", *, controls: Controls | None = None, hud: bool = False,
+                 screenshots: str | os.PathLike = "screenshots", on_reset: Callable[[int], None] | None = None):
         self.source = source
         self.display = display
         self.input = input_mapper
         self.agent = agent  # if set, a scripted agent chooses the actions (keyboard input is still read)
         self.on_frame = on_frame  # called with (frame shown, action held while it was shown) every tick
+        self.on_reset = on_reset
         self.loop = TickLoop(fps or source.fps)
         self.title = title
+        self.controls = controls or Controls({"quit": ["escape"]})
+        self.show_hud, self.show_help, self.paused = bool(hud), False, False
+        self.screenshots = Path(screenshots)
         self.quit_by_user = False
         self.frame: np.ndarray | None = None
+        self.action = source.action_space.noop()  # the action of the last step
+        self.seed = self.start_seed = 0
+        self.meter = PlayMeter(getattr(source, "latency_ticks", 1))
+        size = getattr(display, "size", (512, 512))
+        self._panel = TextPanel(size=max(14, min(24, size[1] // 24)))
+        self._help_panel = TextPanel(size=max(14, min(24, size[1] // 24)))
+        self._wants_grab = bool(source.action_space.mouse and agent is None and input_mapper is not None)
+        self._grabbed = False
+        self._overran_at = -1  # the tick after the last overrun
+        self._overruns_unlogged, self._logged_at = 0, float("-inf")
+        self._shots = 0
+
+    # -- the player's controls --
+
+    def _control(self, control: str, event) -> None:
+        import pygame
+
+        if control == "quit":
+            self.quit_by_user = True
+            self.loop.stop()
+        elif control == "pause":
+            self.paused = not self.paused
+            self._grab(not self.paused)
+        elif control == "reset":
+            self.reset(new_start=bool(event.mod & pygame.KMOD_SHIFT))
+        elif control == "hud":
+            self.show_hud = not self.show_hud
+        elif control == "help":
+            self.show_help = not self.show_help
+        elif control == "screenshot":
+            print(f"screenshot: {self.screenshot()}", flush=True)
+        elif control == "fullscreen":
+            self.display.toggle_fullscreen()
+
+    def reset(self, new_start: bool = False) -> np.ndarray:
+        """Restart from the same start with a new seed; ``new_start``: from a new start too.
+
+        A source whose ``reset`` takes ``start_seed`` (a world model: start screen and sampling noise apart) gets
+        ``reset(seed + 1, start_seed=start)``. For any other source the seed *is* the start, so a restart replays
+        ``reset(start)`` and a new start is ``reset(start + 1)``.
+        """
+        self.seed += 1
+        self.start_seed += int(new_start)
+        if "start_seed" in inspect.signature(self.source.reset).parameters:
+            self.frame = self.source.reset(self.seed, start_seed=self.start_seed)
+        else:
+            self.frame = self.source.reset(self.start_seed)
+        self.meter.restart()
+        self.action = self.source.action_space.noop()
+        log.info("reset: seed %d, start %d", self.seed, self.start_seed)
+        if self.on_reset is not None:
+            self.on_reset(self.start_seed)
+        return self.frame
+
+    def screenshot(self) -> Path:
+        """Write the current frame (no overlays) at the display's scale, nearest-neighbour, as a PNG."""
+        from PIL import Image
+
+        k = max(1, int(getattr(self.display, "scale", 1)))
+        image = np.repeat(np.repeat(self.frame, k, axis=0), k, axis=1)
+        self.screenshots.mkdir(parents=True, exist_ok=True)
+        name = str(getattr(self.source, "name", "frame")).split(" ")[0]
+        while True:
+            self._shots += 1
+            path = self.screenshots / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{self._shots:03d}.png"
+            if not path.exists():
+                break
+        Image.fromarray(image).save(path)
+        return path
+
+    def _grab(self, grab: bool) -> None:
+        """Grab the mouse for games that use it (released while paused or unfocused)."""
+        grab = grab and self._wants_grab
+        if grab != self._grabbed and hasattr(self.display, "grab_mouse"):
+            self.display.grab_mouse(grab)
+            self._grabbed = grab
+
+    # -- one tick --
 
     def _poll_events(self) -> None:
         import pygame
@@ -50,41 +147,92 @@ class PlaySession:
         if not pygame.display.get_init():
             return
         for event in pygame.event.get():
-            if event.type == pygame.QUIT or (event.type == pygame.KEYDOWN and event.key == pygame.K_ESCAPE):
+            control = self.controls.match(event) if event.type == pygame.KEYDOWN else None
+            if event.type == pygame.QUIT:
                 self.quit_by_user = True
                 self.loop.stop()
+            elif control is not None:
+                self._control(control, event)
+            elif event.type == pygame.MOUSEBUTTONDOWN and self._wants_grab and not self._grabbed:
+                self._grab(not self.paused)  # a click into the window takes the mouse back; it is not game input
             elif self.input is not None:
+                if event.type == pygame.WINDOWFOCUSLOST:
+                    self._grab(False)
                 self.input.handle(event)
+
+    def hud_lines(self) -> list[str]:
+        """The HUD's text now: fps, tick time, latency, the keys of the last step, overruns, pause."""
+        held = self.source.action_space.decode(self.action)
+        return format_hud(self.meter, self.loop.stats.tick_ms, self.loop.stats.overruns,
+                         self._overran_at == self.loop.stats.ticks, held["keys"] + held["buttons"], self.paused)
+
+    def _overlays(self) -> tuple[Overlay, ...]:
+        overlays = []
+        if self.show_hud:
+            overlays.append(Overlay(self._panel.render(self.hud_lines())))
+        elif self.paused:
+            overlays.append(Overlay(self._panel.render(["PAUSED"])))
+        if self.show_help:
+            bindings = self.input.bindings if self.input is not None else {}
+            lines = help_lines(self.source.action_space, bindings, self.controls)
+            overlays.append(Overlay(self._help_panel.render(lines), "center"))
+        return tuple(overlays)
+
+    def _show(self) -> None:
+        overlays = self._overlays()
+        if overlays:
+            self.display.show(self.frame, overlays)
+        else:
+            self.display.show(self.frame)  # displays that know nothing of overlays still work
 
     def _tick(self, t: int) -> bool:
         self._poll_events()
         if self.loop.stopping:
             return False
-        if self.agent is not None:
-            action = self.agent.act()
-            if self.input is not None:
-                self.input.action()  # drain the player's mouse motion so it does not pile up
+        stepped = not self.paused
+        if stepped:
+            if self.agent is not None:
+                action = self.agent.act()
+                if self.input is not None:
+                    self.input.action()  # drain the player's mouse motion so it does not pile up
+            elif self.input is not None:
+                action = self.input.action()
+            else:
+                action = self.source.action_space.noop()
+            self.meter.polled(time.perf_counter())
+            if self.on_frame is not None:
+                self.on_frame(self.frame, action)
+            self.frame = self.source.step(action)
+            self.action = action
         elif self.input is not None:
-            action = self.input.action()
-        else:
-            action = self.source.action_space.noop()
-        if self.on_frame is not None:
-            self.on_frame(self.frame, action)
-        self.frame = self.source.step(action)
-        self.display.show(self.frame)
+            self.input.action()  # mouse motion made while paused must not jump the view on resume
+        self._show()
+        self.meter.shown(time.perf_counter(), stepped)
         if t % 30 == 29:
             ms = sorted(self.loop.stats.tick_ms)
             self.display.set_title(f"{self.title}  {1000.0 / max(ms[len(ms) // 2], 1e-3):.0f} fps capable, "
-                                   f"{self.loop.stats.overruns} overruns")
+                                   f"{self.loop.stats.overruns} overruns" + ("  (paused)" if self.paused else ""))
         return True
 
+    def _overrun(self, t: int, ms: float) -> None:
+        """The loop keeps its cadence by itself; say so on the HUD (next tick) and in the log, once a second at most."""
+        self._overran_at = t
+        self._overruns_unlogged += 1
+        now = time.perf_counter()
+        if now - self._logged_at >= 1.0:
+            log.info("%d tick(s) overran the %.1f ms period since the last report (the latest took %.1f ms); "
+                     "the loop keeps its cadence", self._overruns_unlogged, self.loop.period * 1000.0, ms)
+            self._overruns_unlogged, self._logged_at = 0, now
+
     def run(self, seed: int, frames: int | None = None) -> PlayResult:
+        self.seed = self.start_seed = int(seed)
         self.frame = self.source.reset(seed)
-        self.display.show(self.frame)
-
-        def overrun(t: int, ms: float) -> None:
-            log.debug("tick %d overran its period: %.1f ms", t, ms)
-
-        with self.loop.stop_on_signals():
-            stats = self.loop.run(self._tick, frames=frames, on_overrun=overrun)
+        self.meter.restart()
+        self._show()
+        self._grab(True)
+        try:
+            with self.loop.stop_on_signals():
+                stats = self.loop.run(self._tick, frames=frames, on_overrun=self._overrun)
+        finally:
+            self._grab(False)
         return PlayResult(stats, stats.ticks + 1, self.frame, self.quit_by_user)

@@ -1,6 +1,5 @@
 """The real window under Xvfb: posted key events move the paddle and the screen shows the game's frame."""
 import numpy as np
-import pytest
 
 from games import make_game
 from runtime.display import OffscreenDisplay, Window, fit_viewport
@@ -62,11 +61,6 @@ def test_game_command_opens_a_window_and_records(cli, xdisplay, tmp_path):
 def test_no_display_is_a_one_line_error_suggesting_headless(cli):
     r = cli("game", "game=pong", "frames=5", env={"DISPLAY": "", "WAYLAND_DISPLAY": ""})
     assert_one_line_error(r, "no display", "headless=true")
-
-
-def test_unknown_key_in_binding_is_one_line_error(cli, xdisplay):
-    r = cli("game", "game=pong", "frames=5", "runtime.bindings={UP:[notakey]}", env={"DISPLAY": xdisplay})
-    assert_one_line_error(r, "notakey")
 
 
 def test_headless_renders_with_egl():

@@ -1,16 +1,19 @@
 """``rollingworld game``: play a real game in a window at its fixed tick rate (and record it).
 
-``play_source`` is the loop both ``game`` and ``play`` use: window (or EGL), input mapping, optional scripted
-agent, recording and video.
+``play_source`` is the loop both ``game`` and ``play`` use: window (or EGL), input mapping and play controls,
+optional scripted agent, recording and video.
 """
 from __future__ import annotations
+
+import logging
+import sys
 
 from omegaconf import OmegaConf
 
 from games import make_agent, make_game
 from runtime.display import OffscreenDisplay, Window
-from runtime.input import InputMapper, resolve_bindings
-from runtime.player import PlaySession
+from runtime.input import Controls, InputMapper, resolve_bindings
+from runtime.player import PlaySession, log as play_log
 
 
 def build_game(game_cfg):
@@ -32,6 +35,12 @@ def play_source(game, cfg, agent=None) -> int:
     size = (game.width * int(rt.scale), game.height * int(rt.scale))
     bindings = resolve_bindings(game.action_space, game.default_bindings,
                                 OmegaConf.to_container(rt.bindings) if rt.bindings else None)
+    controls = Controls(OmegaConf.to_container(rt.controls) if rt.controls else {}, bindings)
+    if not play_log.handlers:  # overruns and resets are worth a line on stderr while playing
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("rollingworld: %(message)s"))
+        play_log.addHandler(handler)
+        play_log.setLevel(logging.INFO)
     if cfg.headless:
         display = OffscreenDisplay(size, filter=rt.filter)
     else:
@@ -50,15 +59,27 @@ def play_source(game, cfg, agent=None) -> int:
 
         video = VideoWriter(cfg.video, fps=rt.fps or game.fps, scale=4)
 
+    recorded = 0
+
     def on_frame(frame, action):
+        nonlocal recorded
         if episode is not None:
             episode.append(frame, action)
+            recorded += 1
         if video is not None:
             video.write(frame)
 
+    def on_reset(seed):
+        nonlocal episode
+        if episode is not None:  # the player restarted: what follows is a new episode, not a jump in this one
+            episode.close()
+            episode = writer.begin_episode(seed=seed, agent=cfg.agent or "human")
+
     try:
         session = PlaySession(game, display, InputMapper(game.action_space, bindings), fps=rt.fps, agent=agent,
-                              on_frame=on_frame, title=f"rollingworld: {game.name}")
+                              on_frame=on_frame, title=f"rollingworld: {game.name}", controls=controls,
+                              hud=bool(rt.hud), screenshots=rt.screenshots,
+                              on_reset=on_reset)
         result = session.run(seed=int(cfg.seed), frames=cfg.frames)
         if video is not None:
             video.write(result.last_frame)
@@ -73,5 +94,5 @@ def play_source(game, cfg, agent=None) -> int:
     if video is not None:
         print(f"wrote {video.frames} frames to {cfg.video}")
     if episode is not None:
-        print(f"recorded {episode.frames_written} frames to {cfg.out}")
+        print(f"recorded {recorded} frames to {cfg.out}")
     return 0
