@@ -28,7 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                     "runtime.commands.model:train_codec"),
     "train": ("train the teacher world model on a dataset (data=DIR model=small out=DIR steps=N|minutes=M)",
               "runtime.commands.model:train"),
-    "play": ("play a world model in a window (ckpt=FILE)", "runtime.commands.play:run"),
+    "play": ("play a world model in a window (ckpt=FILE; compare=true beside the real game; record=FILE.mp4)",
+             "runtime.commands.play:run"),
+    "replay": ("regenerate a recorded play session and check it frame for frame (replay FILE.jsonl|FILE.mp4)",
+               "runtime.commands.replay:run"),
     "dream": ("headless generation from a world model to mp4 (ckpt=FILE frames=N out=FILE.mp4 mode=rolling)",
               "runtime.commands.world:dream"),
     "bench": ("engine speed: frames/s, tick p50/p99, latency, memory (ckpt=FILE or model=small)",
@@ -36,6 +39,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("many-step teacher rollout vs the real game to mp4, with PSNR by horizon",
                "runtime.commands.model:sample"),
 }
+
+# commands that take one plain argument (not key=value) as this setting: ``rollingworld replay FILE``
+POSITIONAL: dict[str, str] = {"replay": "session"}
 
 USAGE = "usage: rollingworld <command> [key=value ...]   (rollingworld <command> --help shows its settings)"
 
@@ -117,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     command, overrides = args[0], args[1:]
+    if command in POSITIONAL:
+        plain = [a for a in overrides if "=" not in a and not a.startswith("-")]
+        if len(plain) == 1:
+            overrides = [f"{POSITIONAL[command]}={plain[0]}" if a == plain[0] else a for a in overrides]
     try:
         if any(a in ("-h", "--help") for a in overrides):
             from omegaconf import OmegaConf

@@ -1,0 +1,230 @@
+"""A played session on disk: the frames shown as an mp4, and beside it a JSONL sidecar that can regenerate them.
+
+``rollingworld play ckpt=... record=FILE.mp4`` writes ``FILE.mp4`` and ``FILE.jsonl``. The sidecar's first line is
+a header that names everything a replay needs (the engine is deterministic given these)::
+
+    {"format": "rollingworld-session", "version": 1,
+     "checkpoint": {"path": "/abs/teacher.safetensors", "sha256": "..."},   # sha256 of the whole file
+     "engine": {"mode": "rolling", "window": 4, ...}, "threads": 1, "seed": 0, "start": "game",
+     "game": "pong", "compare": false, "frame": {"height": 64, "width": 64}, "fps": 30,
+     "action_space": {"keys": ["UP", "DOWN"], ...}, "video": "FILE.mp4", "frame_sha1": "..."}
+
+then one line a tick, in order, with the action held during the tick and the frame it produced, and one line for
+each restart by the player (the reset control; ticks go on counting)::
+
+    {"tick": 1, "action": [1.0, 0.0], "frame_sha1": "..."}
+    {"reset": {"seed": 4, "start_seed": 3}, "frame_sha1": "..."}
+
+``frame_sha1`` is the sha1 of the shown frame's uint8 bytes (the header's is the start frame's): the mp4 is lossy,
+the hashes are the lossless record that ``rollingworld replay`` checks regenerated frames against. Every line is
+flushed as it is written, so an interrupted session keeps every tick it showed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from games.actions import ActionSpace
+from games.errors import InputError
+
+FORMAT = "rollingworld-session"
+VERSION = 1
+VIDEO_SCALE = 4  # nearest-neighbour upscaling of the recorded mp4
+
+
+def frame_sha1(frame: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(frame, np.uint8).tobytes()).hexdigest()
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sidecar(path) -> Path:
+    """The JSONL beside a session's mp4 (a .jsonl path is its own sidecar)."""
+    return Path(path).with_suffix(".jsonl")
+
+
+def session_header(ckpt, session, seed: int, threads: int, compare: bool, video) -> dict:
+    """The header of a session played on ``session`` (a ``WorldSession``) from the checkpoint ``ckpt``."""
+    return {"format": FORMAT, "version": VERSION,
+            "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": file_sha256(ckpt)},
+            "engine": asdict(session.cfg), "threads": int(threads), "seed": int(seed), "start": "game",
+            "game": session.metadata["provenance"].get("game"), "compare": bool(compare),
+            "frame": {"height": session.frame_size[0], "width": session.frame_size[1]},
+            "fps": session.metadata.get("frame", {}).get("fps", 30),
+            "action_space": session.action_space.to_dict(), "video": Path(video).name}
+
+
+class SessionRecorder:
+    """Wraps a frame source: every frame it returns goes to the mp4, every tick to the JSONL sidecar.
+
+    Anything else (``name``, ``fps``, ``action_space``, ...) is the wrapped source's. ``close()`` finishes the mp4;
+    call it in a ``finally`` so that Ctrl-C or a closed window still leaves a playable file.
+    """
+
+    def __init__(self, source, video, header: dict):
+        from games.video import VideoWriter
+
+        self.source, self.header = source, header
+        self.path = sidecar(video)
+        self.video = VideoWriter(video, fps=header["fps"], scale=VIDEO_SCALE)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.path, "w", encoding="utf-8")
+        self.ticks = 0
+        self._started = False
+
+    def __getattr__(self, name):  # only called for what this wrapper does not have itself
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def _write(self, line: dict) -> None:
+        self._log.write(json.dumps(line) + "\n")
+        self._log.flush()
+
+    def reset(self, seed: int, start_seed: int | None = None) -> np.ndarray:
+        """The first reset starts the recording (header); later ones are the player's restarts."""
+        kw = {} if start_seed is None else {"start_seed": int(start_seed)}
+        if not self._started and (seed != self.header["seed"] or kw):
+            raise RuntimeError("a session recording starts with reset(seed) at the header's seed")
+        frame = self.source.reset(seed, **kw)
+        if self._started:
+            self._write({"reset": {"seed": int(seed), **kw}, "frame_sha1": frame_sha1(frame)})
+        else:
+            self._write({**self.header, "frame_sha1": frame_sha1(frame)})
+            self._started = True
+        self.video.write(frame)
+        return frame
+
+    def step(self, action) -> np.ndarray:
+        frame = self.source.step(action)
+        self.ticks += 1
+        vec = self.source.action_space.validate(action)
+        self._write({"tick": self.ticks, "action": [float(v) for v in vec], "frame_sha1": frame_sha1(frame)})
+        self.video.write(frame)
+        return frame
+
+    def close(self) -> None:
+        try:
+            self.video.close(keep=True)
+        finally:
+            self._log.close()
+            if not self._started:  # failed before the first frame: leave nothing behind
+                self.path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a session back
+
+@dataclass
+class SessionLog:
+    path: Path
+    header: dict
+    action_space: ActionSpace
+    events: list[tuple[str, np.ndarray | dict]]  # ("tick", action float32 [A]) or ("reset", reset's keywords)
+    hashes: list[str]  # frame sha1s: the start frame, then one per event
+
+    @property
+    def actions(self) -> np.ndarray:
+        """The actions of all ticks, float32 [N, A]."""
+        ticks = [a for kind, a in self.events if kind == "tick"]
+        return np.stack(ticks) if ticks else np.zeros((0, self.action_space.size), np.float32)
+
+
+# header field -> (type, what it is) for the one-line messages
+_HEADER = {"checkpoint": (dict, "an object"), "engine": (dict, "an object"), "threads": (int, "an integer"),
+           "seed": (int, "an integer"), "start": (str, "a string"), "compare": (bool, "true or false"),
+           "fps": ((int, float), "a number"), "action_space": (dict, "an object"), "frame_sha1": (str, "a string")}
+
+
+def _is_sha(v, n: int) -> bool:
+    return isinstance(v, str) and len(v) == n and all(c in "0123456789abcdef" for c in v)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_session(path) -> SessionLog:
+    """Parse a session's JSONL sidecar (given it or its mp4); anything wrong is a one-line InputError."""
+    path = sidecar(path)
+    if not path.is_file():
+        raise InputError(f"session sidecar not found: {path} (play ... record=FILE.mp4 writes it)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read session {path}: {e}") from None
+
+    def bad(n: int, msg: str):
+        raise InputError(f"{path}: line {n}: {msg}")
+
+    objects = []
+    for n, text in enumerate(lines, start=1):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            bad(n, f"not valid JSON ({e.msg})")
+        if not isinstance(obj, dict):
+            bad(n, f"expected a JSON object, got {type(obj).__name__}")
+        objects.append(obj)
+    if not objects or objects[0].get("format") != FORMAT:
+        raise InputError(f"{path} is not a rollingworld session (its first line must be the session header)")
+    header = objects[0]
+    if not _is_int(header.get("version")) or header["version"] > VERSION:
+        bad(1, f"session version {header.get('version')!r}; this rollingworld reads up to {VERSION}")
+    for key, (kind, what) in _HEADER.items():
+        if not isinstance(header.get(key), kind) or (kind is int and isinstance(header[key], bool)):
+            bad(1, f"header field {key!r} must be {what}, got {header.get(key)!r:.60}")
+    ckpt = header["checkpoint"]
+    if not isinstance(ckpt.get("path"), str) or not _is_sha(ckpt.get("sha256"), 64):
+        bad(1, "header field 'checkpoint' must hold a path and a sha256")
+    try:
+        space = ActionSpace.from_dict(header["action_space"])
+    except InputError as e:
+        bad(1, str(e))
+    if not _is_sha(header["frame_sha1"], 40):
+        bad(1, "header field 'frame_sha1' is not a sha1")
+
+    events, hashes, ticks = [], [header["frame_sha1"]], 0
+    for n, obj in enumerate(objects[1:], start=2):
+        if not _is_sha(obj.get("frame_sha1"), 40):
+            bad(n, "'frame_sha1' is missing or not a sha1")
+        hashes.append(obj["frame_sha1"])
+        if "reset" in obj:
+            kw = obj["reset"]
+            if not (isinstance(kw, dict) and _is_int(kw.get("seed")) and set(kw) <= {"seed", "start_seed"}
+                    and _is_int(kw.get("start_seed", 0))):
+                bad(n, "'reset' must be {\"seed\": N} or {\"seed\": N, \"start_seed\": M}")
+            events.append(("reset", kw))
+            continue
+        ticks += 1
+        if obj.get("tick") != ticks:
+            bad(n, f"expected tick {ticks}, got {obj.get('tick')!r}")
+        vec = obj.get("action")
+        if not (isinstance(vec, list) and len(vec) == space.size
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vec)):
+            bad(n, f"'action' must be a list of {space.size} numbers ({', '.join(space.names)})")
+        events.append(("tick", np.asarray(vec, np.float32)))
+    return SessionLog(path, header, space, events, hashes)
+
+
+def verified_checkpoint(log: SessionLog, ckpt=None) -> Path:
+    """The session's checkpoint (or ``ckpt``, if it moved), after checking it is the very file recorded with."""
+    want = log.header["checkpoint"]
+    path = Path(ckpt or want["path"])
+    if not path.is_file():
+        raise InputError(f"the session's checkpoint {path} is not there (ckpt=FILE points at a moved one)")
+    if file_sha256(path) != want["sha256"]:
+        raise InputError(f"checkpoint {path} is not the one {log.path.name} was recorded with "
+                         f"(sha256 {want['sha256'][:12]}...)")
+    return path

@@ -1,0 +1,198 @@
+"""Compare mode, session recording and replay, through the CLI a user runs, on a tiny random teacher checkpoint."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from games import make_game
+from games.video import hstack
+from runtime.session_record import frame_sha1, read_session
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+NO_DISPLAY = {"DISPLAY": ""}
+
+
+def _tiny_checkpoint(path, game="pong", seed=0):
+    """A real teacher checkpoint (the metadata ``Trainer.metadata`` writes) of a tiny DiT with random weights,
+    perturbed so that the action conditioning changes the frames (zero-initialised gates would hide it)."""
+    from worldmodel.checkpoint import save_checkpoint
+    from worldmodel.codec import make_codec
+    from worldmodel.flow import NoiseSchedule
+    from worldmodel.model import make_model
+
+    pong = make_game("pong")
+    torch.manual_seed(seed)
+    net = make_model("tiny", channels=3, height=64, width=64, patch=8, action_dim=pong.action_space.size)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    meta = {"kind": "teacher", "model": {"size": "tiny", **net.cfg.to_dict()},
+            "action_space": pong.action_space.to_dict(), "codec": make_codec({"type": "pixels"}).config(),
+            "schedule": NoiseSchedule().to_dict(), "step": 0, "frame": {"height": 64, "width": 64, "fps": pong.fps},
+            "provenance": {"game": game}}
+    save_checkpoint(path, {f"model.{k}": v for k, v in net.state_dict().items()}, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "teacher.safetensors")
+
+
+@pytest.fixture(scope="module")
+def recorded(ckpt, tmp_path_factory):
+    """A headless session driven by the random agent for 20 ticks, recorded to s.mp4 + s.jsonl."""
+    folder = tmp_path_factory.mktemp("session")
+    r = run_cli("play", f"ckpt={ckpt}", "headless=true", "agent=random", "frames=20", "seed=3",
+                f"record={folder}/s.mp4", cwd=folder, env=NO_DISPLAY)
+    assert r.returncode == 0, r.stderr
+    return folder / "s.jsonl"
+
+
+def _count_frames(mp4):
+    import av
+
+    with av.open(str(mp4)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    return len(frames), frames[0].shape
+
+
+def _frames_in_process(ckpt, log, compare):
+    """sha1 of the frames a plain WorldSession (and, for compare, the real game beside it) makes for the log."""
+    from worldmodel.engine import EngineConfig, WorldSession
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(log.header["threads"])  # the same reduction order as the recorded run
+    try:
+        session = WorldSession.from_checkpoint(ckpt, EngineConfig(**log.header["engine"]))
+        game = make_game("pong")
+        seed = log.header["seed"]
+        real = game.reset(seed)
+        dream = session.reset(real, seed=seed)
+        frames = [(real, dream)] + [(game.step(a), session.step(a)) for a in log.actions]
+    finally:
+        torch.set_num_threads(threads)
+    return [frame_sha1(hstack(r, d) if compare else d) for r, d in frames]
+
+
+def test_compare_mode_shows_the_real_game_left_and_the_world_model_right(ckpt, cli, tmp_path):
+    r = cli("play", f"ckpt={ckpt}", "compare=true", "headless=true", "agent=heuristic", "frames=12",
+            f"record={tmp_path}/c.mp4", env=NO_DISPLAY)
+    assert r.returncode == 0, r.stderr
+    log = read_session(tmp_path / "c.mp4")
+    assert log.header["compare"] and len(log.actions) == 12 and log.actions[:, :2].any()  # the agent pressed keys
+    # every frame shown is real game | plain WorldSession under the same actions, from the game's start screen
+    assert log.hashes == _frames_in_process(ckpt, log, compare=True)
+    assert _count_frames(tmp_path / "c.mp4") == (13, (64 * 4, (64 + 2 + 64) * 4, 3))
+
+
+def test_recorded_session_replays_to_identical_frames(recorded, ckpt, cli, tmp_path):
+    log = read_session(recorded)
+    assert len(log.actions) == 20 and len(log.hashes) == 21
+    assert log.header["frame_sha1"] == frame_sha1(make_game("pong").reset(3))  # starts from the game's screen
+    assert log.hashes == _frames_in_process(ckpt, log, compare=False)  # the hashes are of the frames shown
+    assert _count_frames(recorded.with_suffix(".mp4"))[0] == 21
+    r = cli("replay", str(recorded), "headless=true", f"out={tmp_path}/r.mp4", env=NO_DISPLAY)
+    assert r.returncode == 0, r.stderr
+    assert "identical: 21 frames" in r.stdout
+    assert _count_frames(tmp_path / "r.mp4")[0] == 21
+    r = cli("replay", f"session={recorded.with_suffix('.mp4')}", "headless=true", "frames=5", env=NO_DISPLAY)
+    assert r.returncode == 0 and "identical: 6 frames" in r.stdout, r.stderr
+
+
+def test_restarts_are_recorded_and_replayed(ckpt, cli, tmp_path):
+    """The player's reset control restarts the source mid-session (``PlaySession.reset``): the recording goes on."""
+    from runtime.commands.play import build_source
+    from runtime.session_record import SessionRecorder, session_header
+    from worldmodel.engine import EngineConfig
+
+    threads = torch.get_num_threads()
+    try:
+        source = build_source(ckpt, EngineConfig(), 1, compare=True)
+        header = session_header(ckpt, source.session, 0, 1, True, tmp_path / "r.mp4")
+        recorder = SessionRecorder(source, tmp_path / "r.mp4", header)
+        try:
+            recorder.reset(0)
+            space = source.action_space
+            for t in range(4):
+                recorder.step(space.encode(["UP"]))
+            restarted = recorder.reset(1, start_seed=0)  # same start screen, new sampling noise
+            for t in range(3):
+                recorder.step(space.encode(["DOWN"]))
+        finally:
+            recorder.close()
+    finally:
+        torch.set_num_threads(threads)
+    log = read_session(tmp_path / "r.jsonl")
+    assert [kind for kind, _ in log.events] == ["tick"] * 4 + ["reset"] + ["tick"] * 3
+    assert log.hashes[5] == frame_sha1(restarted)
+    r = cli("replay", f"session={tmp_path}/r.jsonl", "headless=true", env=NO_DISPLAY)
+    assert r.returncode == 0, r.stderr
+    assert "identical: 9 frames" in r.stdout and "1 restarts" in r.stdout
+
+
+def test_replay_in_a_window_shows_the_session(recorded, cli, xdisplay):
+    r = cli("replay", f"session={recorded}", "frames=6", env={"DISPLAY": xdisplay})
+    assert r.returncode == 0, r.stderr
+    assert "identical: 7 frames" in r.stdout
+
+
+def test_a_tampered_action_is_reported_at_the_first_differing_tick(recorded, cli, tmp_path):
+    lines = recorded.read_text().splitlines()
+    tick = 8
+    entry = json.loads(lines[tick])
+    assert entry["tick"] == tick
+    entry["action"][0] = 1.0 - entry["action"][0]  # UP pressed <-> released
+    lines[tick] = json.dumps(entry)
+    tampered = tmp_path / "t.jsonl"
+    tampered.write_text("\n".join(lines) + "\n")
+    r = cli("replay", f"session={tampered}", "headless=true", env=NO_DISPLAY)
+    assert r.returncode == 1, r.stderr
+    found = re.search(r"first difference at tick (\d+)", r.stdout)
+    assert found, r.stdout
+    # the action enters the rolling window at its tick; the frame it shows leaves latency_ticks (4) later
+    assert tick <= int(found.group(1)) <= tick + 4
+
+
+def test_an_interrupted_session_keeps_a_playable_mp4_and_every_tick(ckpt, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DISPLAY="")
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "play", f"ckpt={ckpt}", "headless=true",
+                             "agent=random", f"record={tmp_path}/i.mp4"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sidecar = tmp_path / "i.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not sidecar.exists() or len(sidecar.read_text().splitlines()) < 6):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    log = read_session(sidecar)
+    assert len(log.actions) >= 5
+    assert _count_frames(tmp_path / "i.mp4")[0] == len(log.hashes)  # the mp4 was finished, frame for line
+
+
+def test_bad_sessions_and_checkpoints_are_one_line_errors(recorded, ckpt, cli, tmp_path):
+    assert_one_line_error(cli("replay", f"session={tmp_path}/none.mp4"), "none.jsonl", "not found")
+    lines = recorded.read_text().splitlines()
+    (tmp_path / "cut.jsonl").write_text(lines[0][:200])
+    assert_one_line_error(cli("replay", f"session={tmp_path}/cut.jsonl"), "cut.jsonl", "line 1")
+    short = {**json.loads(lines[3]), "action": [1.0, 0.0]}  # pong's actions have 4 entries
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines[:3] + [json.dumps(short)]) + "\n")
+    assert_one_line_error(cli("replay", f"session={tmp_path}/bad.jsonl"), "line 4", "action")
+    # the checkpoint at the recorded path was replaced by another one
+    other = _tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
+    header = json.loads(lines[0])
+    header["checkpoint"]["path"] = str(other)
+    (tmp_path / "moved.jsonl").write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
+    assert_one_line_error(cli("replay", f"session={tmp_path}/moved.jsonl"), "other.safetensors", "not the one")
+    assert_one_line_error(cli("replay", f"session={recorded}", f"ckpt={other}"), "not the one")
+    # a checkpoint whose game cannot be built has nothing to compare with
+    tetris = _tiny_checkpoint(tmp_path / "tetris.safetensors", game="tetris")
+    assert_one_line_error(cli("play", f"ckpt={tetris}", "compare=true", "headless=true", "frames=2", env=NO_DISPLAY),
+                          "tetris")
