@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
              "runtime.commands.play:run"),
     "replay": ("regenerate a recorded play session and check it frame for frame (replay FILE.jsonl|FILE.mp4)",
                "runtime.commands.replay:run"),
+    "kiosk": ("run a game unattended for days: attract mode, resets, watchdog, restarts (game=NAME or ckpt=FILE)",
+              "runtime.commands.kiosk:run"),
     "dream": ("headless generation from a world model to mp4 (ckpt=FILE frames=N out=FILE.mp4 mode=rolling)",
               "runtime.commands.world:dream"),
     "bench": ("engine speed: frames/s, tick p50/p99, latency, memory (ckpt=FILE or model=small)",

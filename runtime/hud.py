@@ -1,5 +1,5 @@
-"""What the player sees over the game: the HUD (fps, tick time, key-to-frame latency, held keys, overruns) and the
-help (the controls).
+"""What the player sees over the game: the HUD (fps, tick time, key-to-frame latency, held keys, overruns), the
+help (the controls) and the kiosk's banner (an invitation to play).
 
 Both are lines of text that pygame.font renders into an RGBA image; the display blends it over the frame's picture
 in its own GL context (a window or EGL), so the frames a source produces (recordings, videos, screenshots) stay
@@ -122,3 +122,27 @@ class TextPanel:
         rgba = np.frombuffer(pygame.image.tobytes(panel, "RGBA"), np.uint8)
         self._lines, self._image = list(lines), rgba.reshape(panel.get_height(), panel.get_width(), 4)
         return self._image
+
+
+class Banner:
+    """One line of large text for the middle of the picture, blinking: the kiosk's invitation to play.
+
+    The font is the largest (up to ``max_width // 8``) at which the panel fits in ``max_width`` pixels (the width
+    of the frame's picture on the screen); ``blink_s`` is the blink period (0: steady), on for two thirds of it.
+    """
+
+    def __init__(self, text: str, max_width: int, blink_s: float = 1.0):
+        import pygame
+
+        pygame.font.init()
+        size = max(12, max_width // 8)
+        while size > 12 and pygame.font.Font(None, size).size(text)[0] + 8 > 0.9 * max_width:
+            size -= 2
+        self.text, self.blink_s = text, float(blink_s)
+        self.panel = TextPanel(size)
+
+    def image(self, since: float, now: float) -> np.ndarray | None:
+        """The banner shown ``now`` (RGBA) for a banner up since ``since`` (seconds), or None while it blinks off."""
+        if self.blink_s > 0 and (now - since) % self.blink_s >= self.blink_s * 2 / 3:
+            return None
+        return self.panel.render([self.text])

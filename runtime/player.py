@@ -147,6 +147,8 @@ class PlaySession:
         if not pygame.display.get_init():
             return
         for event in pygame.event.get():
+            if self._intercept(event):
+                continue
             control = self.controls.match(event) if event.type == pygame.KEYDOWN else None
             if event.type == pygame.QUIT:
                 self.quit_by_user = True
@@ -159,6 +161,14 @@ class PlaySession:
                 if event.type == pygame.WINDOWFOCUSLOST:
                     self._grab(False)
                 self.input.handle(event)
+
+    def _intercept(self, event) -> bool:
+        """Sees every event before the controls and the input do; True: the event is used up (the kiosk's hook)."""
+        return False
+
+    def _step(self, action: np.ndarray) -> np.ndarray:
+        """Steps the source; the new frame, before it is shown (the kiosk's watchdog judges it here)."""
+        return self.source.step(action)
 
     def hud_lines(self) -> list[str]:
         """The HUD's text now: fps, tick time, latency, the keys of the last step, overruns, pause."""
@@ -202,7 +212,7 @@ class PlaySession:
             self.meter.polled(time.perf_counter())
             if self.on_frame is not None:
                 self.on_frame(self.frame, action)
-            self.frame = self.source.step(action)
+            self.frame = self._step(action)
             self.action = action
         elif self.input is not None:
             self.input.action()  # mouse motion made while paused must not jump the view on resume

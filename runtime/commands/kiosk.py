@@ -1,0 +1,81 @@
+"""``rollingworld kiosk game=NAME`` (or ``ckpt=FILE``): a demo kiosk that runs a game unattended for days.
+
+Fullscreen, the pointer hidden, no HUD; a scripted agent plays while nobody does (``runtime.kiosk``). Only
+``exit_keys`` (ctrl+shift+q) or SIGTERM/SIGINT end it; ``frames=N`` and ``headless=true`` are for tests and soak runs.
+World models are not bundled yet, so ``ckpt=FILE`` runs one through ``play``'s ``WorldSource``.
+"""
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+from games.errors import InputError
+from runtime.kiosk import Kiosk, KioskConfig, KioskLog, KioskSession, attract_agent, one_line
+
+
+def _source_builder(cfg):
+    """A function that builds a fresh frame source: the game of ``game=``, or the world model of ``ckpt=``."""
+    if (cfg.get("game") is None) == (cfg.get("ckpt") is None):
+        raise InputError("give game=NAME (pong, maze, gym:<env id>) or ckpt=FILE (a world model), one of the two")
+    if cfg.get("game") is not None:
+        from runtime.commands.game import build_game
+
+        return lambda: build_game(cfg.game)
+    if not os.path.exists(cfg.ckpt):
+        raise InputError(f"checkpoint not found: {cfg.ckpt}")
+    from runtime.commands.play import WorldSource, load_session
+    from runtime.commands.world import _engine_config
+
+    return lambda: WorldSource(load_session(cfg.ckpt, _engine_config(cfg), int(cfg.threads)))
+
+
+def _display(cfg, source):
+    from runtime.display import OffscreenDisplay, Window
+
+    rt = cfg.runtime
+    size = (source.width * int(rt.scale), source.height * int(rt.scale))
+    if cfg.headless:
+        return OffscreenDisplay(size, filter=rt.filter)
+    return Window(size, title=f"rollingworld: {source.name}", filter=rt.filter, fullscreen=bool(rt.fullscreen),
+                  vsync=bool(rt.vsync))
+
+
+def run(cfg) -> int:
+    from runtime.input import Controls, InputMapper, resolve_bindings
+
+    config = KioskConfig.from_settings(cfg)
+    build = _source_builder(cfg)
+    rt = cfg.runtime
+    overrides = OmegaConf.to_container(rt.bindings) if rt.bindings else None
+    # exit_keys is the only way out: a quit key (Esc in the play commands) would let any visitor end the kiosk
+    control_keys = {k: v for k, v in (OmegaConf.to_container(rt.controls) or {}).items() if k != "quit"}
+    events = KioskLog(cfg.log)
+    name = cfg.ckpt if cfg.get("ckpt") else cfg.game.get("env_id", cfg.game.name)
+    events.event("start", source=name, pid=os.getpid(), headless=bool(cfg.headless),
+                 idle_seconds=config.idle_seconds, session_minutes=config.session_minutes)
+    try:
+        first = build()
+        display = _display(cfg, first)
+    except InputError as e:  # a bad setting: one line on stderr (by the CLI) and in the log
+        events.event("exit", reason="error", error=one_line(e))
+        events.close()
+        raise
+
+    def start(last_input):
+        nonlocal first
+        source, first = first if first is not None else build(), None
+        bindings = resolve_bindings(source.action_space, source.default_bindings, overrides)
+        agent = attract_agent(config.attract_agent, source, int(cfg.seed))
+        return KioskSession(source, display, InputMapper(source.action_space, bindings), agent, config, events,
+                            last_input, fps=rt.fps, title=f"rollingworld: {source.name}",
+                            controls=Controls(control_keys, bindings), hud=bool(rt.hud), screenshots=rt.screenshots)
+
+    kiosk = Kiosk(start, display, config, events)
+    try:
+        code = kiosk.run(int(cfg.seed), cfg.frames)
+    finally:
+        display.close()
+        events.close()
+    print(f"kiosk: {kiosk.ticks} ticks, {kiosk.restarts} restarts, exit: {kiosk.exit_reason} (log: {cfg.log})")
+    return code
