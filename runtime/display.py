@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,8 +143,9 @@ class FramePresenter:
 
 
 def _no_display_error() -> InputError:
-    return InputError("no display available (DISPLAY is not set); run it on a desktop, "
-                      "or use headless=true to render offscreen")
+    display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    why = f"cannot connect to {display}" if display else "DISPLAY is not set"
+    return InputError(f"no display available ({why}); run it on a desktop, or use headless=true to render offscreen")
 
 
 class Window:
@@ -162,11 +164,18 @@ class Window:
             raise _no_display_error()
         if pygame.display.get_init() and pygame.display.get_driver() in ("offscreen", "dummy") and not explicit_driver:
             pygame.display.quit()  # initialised without a display earlier (e.g. by a Gymnasium renderer)
-        try:
-            pygame.display.init()
-        except pygame.error as e:
-            raise InputError(f"cannot open a window: {e} (use headless=true to render offscreen)") from None
-        if pygame.display.get_driver() in ("offscreen", "dummy") and not explicit_driver:
+        for attempt in range(5):
+            try:
+                pygame.display.init()
+            except pygame.error as e:
+                raise InputError(f"cannot open a window: {e} (use headless=true to render offscreen)") from None
+            if explicit_driver or pygame.display.get_driver() not in ("offscreen", "dummy"):
+                break
+            # SDL could not reach the display server and fell back to no display; a server that is busy
+            # accepting (or a window just closed) can refuse a connection for a moment: try again briefly
+            pygame.display.quit()
+            time.sleep(0.1 * (attempt + 1))
+        else:
             raise _no_display_error()
         pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MAJOR_VERSION, 3)
         pygame.display.gl_set_attribute(pygame.GL_CONTEXT_MINOR_VERSION, 3)
