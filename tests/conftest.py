@@ -65,3 +65,28 @@ def xdisplay():
         os.environ.pop("DISPLAY", None)
     else:
         os.environ["DISPLAY"] = old
+
+
+def tiny_checkpoint(path, game="pong", seed=0):
+    """A real teacher checkpoint (the metadata ``Trainer.metadata`` writes) of a tiny DiT with random weights,
+    perturbed so that the action conditioning changes the frames (zero-initialised gates would hide it)."""
+    import torch
+
+    from games import make_game
+    from worldmodel.checkpoint import save_checkpoint
+    from worldmodel.codec import make_codec
+    from worldmodel.flow import NoiseSchedule
+    from worldmodel.model import make_model
+
+    pong = make_game("pong")
+    torch.manual_seed(seed)
+    net = make_model("tiny", channels=3, height=64, width=64, patch=8, action_dim=pong.action_space.size)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    meta = {"kind": "teacher", "model": {"size": "tiny", **net.cfg.to_dict()},
+            "action_space": pong.action_space.to_dict(), "codec": make_codec({"type": "pixels"}).config(),
+            "schedule": NoiseSchedule().to_dict(), "step": 0, "frame": {"height": 64, "width": 64, "fps": pong.fps},
+            "provenance": {"game": game}}
+    save_checkpoint(path, {f"model.{k}": v for k, v in net.state_dict().items()}, meta)
+    return path

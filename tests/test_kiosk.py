@@ -355,9 +355,9 @@ def _read(path):
 
 
 def test_kiosk_runs_a_world_model_checkpoint(cli, tmp_path):
-    from tests.test_session import _tiny_checkpoint
+    from tests.conftest import tiny_checkpoint
 
-    ckpt = _tiny_checkpoint(tmp_path / "teacher.safetensors")
+    ckpt = tiny_checkpoint(tmp_path / "teacher.safetensors")
     r = cli("kiosk", f"ckpt={ckpt}", "headless=true", "frames=4", "idle_seconds=0", "runtime.fps=100", env=NO_DISPLAY)
     assert r.returncode == 0, r.stderr
     log = events(tmp_path / "kiosk.log")

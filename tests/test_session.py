@@ -13,36 +13,14 @@ import torch
 from games import make_game
 from games.video import hstack
 from runtime.session_record import frame_sha1, read_session
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.conftest import ROOT, assert_one_line_error, run_cli, tiny_checkpoint
 
 NO_DISPLAY = {"DISPLAY": ""}
 
 
-def _tiny_checkpoint(path, game="pong", seed=0):
-    """A real teacher checkpoint (the metadata ``Trainer.metadata`` writes) of a tiny DiT with random weights,
-    perturbed so that the action conditioning changes the frames (zero-initialised gates would hide it)."""
-    from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.codec import make_codec
-    from worldmodel.flow import NoiseSchedule
-    from worldmodel.model import make_model
-
-    pong = make_game("pong")
-    torch.manual_seed(seed)
-    net = make_model("tiny", channels=3, height=64, width=64, patch=8, action_dim=pong.action_space.size)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    meta = {"kind": "teacher", "model": {"size": "tiny", **net.cfg.to_dict()},
-            "action_space": pong.action_space.to_dict(), "codec": make_codec({"type": "pixels"}).config(),
-            "schedule": NoiseSchedule().to_dict(), "step": 0, "frame": {"height": 64, "width": 64, "fps": pong.fps},
-            "provenance": {"game": game}}
-    save_checkpoint(path, {f"model.{k}": v for k, v in net.state_dict().items()}, meta)
-    return path
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "teacher.safetensors")
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "teacher.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -186,13 +164,49 @@ def test_bad_sessions_and_checkpoints_are_one_line_errors(recorded, ckpt, cli, t
     (tmp_path / "bad.jsonl").write_text("\n".join(lines[:3] + [json.dumps(short)]) + "\n")
     assert_one_line_error(cli("replay", f"session={tmp_path}/bad.jsonl"), "line 4", "action")
     # the checkpoint at the recorded path was replaced by another one
-    other = _tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
+    other = tiny_checkpoint(tmp_path / "other.safetensors", seed=1)
     header = json.loads(lines[0])
     header["checkpoint"]["path"] = str(other)
     (tmp_path / "moved.jsonl").write_text("\n".join([json.dumps(header)] + lines[1:]) + "\n")
     assert_one_line_error(cli("replay", f"session={tmp_path}/moved.jsonl"), "other.safetensors", "not the one")
     assert_one_line_error(cli("replay", f"session={recorded}", f"ckpt={other}"), "not the one")
     # a checkpoint whose game cannot be built has nothing to compare with
-    tetris = _tiny_checkpoint(tmp_path / "tetris.safetensors", game="tetris")
+    tetris = tiny_checkpoint(tmp_path / "tetris.safetensors", game="tetris")
     assert_one_line_error(cli("play", f"ckpt={tetris}", "compare=true", "headless=true", "frames=2", env=NO_DISPLAY),
                           "tetris")
+
+
+def test_posted_keys_and_mouse_enter_the_newest_window_frame_and_the_screen_shows_the_dream(ckpt, xdisplay):
+    """play ckpt=: a key and a mouse motion posted to pygame's queue become the action of the newest (pure
+    noise) frame of the rolling window, and the window shows exactly the session's frame, scaled."""
+    import numpy as np
+    import pygame
+
+    from runtime.commands.play import WorldSource, load_session
+    from runtime.display import Window
+    from runtime.input import InputMapper, resolve_bindings
+    from runtime.player import PlaySession
+    from worldmodel.engine import EngineConfig
+
+    source = WorldSource(load_session(ckpt, EngineConfig(), 1))
+    space = source.action_space
+    newest, step = [], source.session.step
+
+    def recording_step(action):
+        frame = step(action)
+        newest.append(source.session.window[-1]["action"].numpy().copy())  # after the step: the frame just entered
+        return frame
+
+    source.session.step = recording_step
+    window = Window((256, 256), capture=True)
+    try:
+        mapper = InputMapper(space, resolve_bindings(space, source.default_bindings))
+        play = PlaySession(source, window, mapper, fps=100)
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_UP, mod=0, unicode="", scancode=0))
+        pygame.event.post(pygame.event.Event(pygame.MOUSEMOTION, pos=(10, 10), rel=(0, 6), buttons=(0, 0, 0)))
+        result = play.run(seed=0, frames=3)
+        np.testing.assert_array_equal(newest[0], space.encode(["UP"], dy=6))  # tick 1: key held + the motion
+        np.testing.assert_array_equal(newest[1], space.encode(["UP"]))  # held key stays, motion was one tick's
+        np.testing.assert_array_equal(window.read_screen(), np.repeat(np.repeat(result.last_frame, 4, 0), 4, 1))
+    finally:
+        window.close()
