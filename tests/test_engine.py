@@ -138,7 +138,7 @@ def test_dream_and_bench_commands(cli, tmp_path):
 
         with av.open(str(tmp_path / f"{mode}.mp4")) as c:
             assert sum(1 for _ in c.decode(video=0)) == 7
-    r = cli("bench", f"ckpt={ckpt}", "frames=200", "threads=1", "busy_cores=1", f"json={tmp_path}/b.json")
+    r = cli("bench", f"ckpt={ckpt}", "frames=200", "threads=1", "compile=false", "busy_cores=1", f"json={tmp_path}/b.json")
     assert r.returncode == 0, r.stderr
     import json
 
@@ -146,7 +146,7 @@ def test_dream_and_bench_commands(cli, tmp_path):
     assert figures["frames"] == 200 and figures["fps"] > 0 and figures["latency_ticks"] == 4
     assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
     assert figures["busy_cores"] == 1 and figures["startup_s"] > 0
-    r = cli("play", f"ckpt={ckpt}", "headless=true", "frames=3", "agent=random", "runtime.fps=100",
+    r = cli("play", f"ckpt={ckpt}", "compile=false", "headless=true", "frames=3", "agent=random", "runtime.fps=100",
             f"video={tmp_path}/play.mp4", env={"DISPLAY": ""})
     assert r.returncode == 0, r.stderr
     assert "3 ticks" in r.stdout

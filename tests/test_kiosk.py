@@ -358,7 +358,7 @@ def test_kiosk_runs_a_world_model_checkpoint(cli, tmp_path):
     from tests.conftest import tiny_checkpoint
 
     ckpt = tiny_checkpoint(tmp_path / "teacher.safetensors")
-    r = cli("kiosk", f"ckpt={ckpt}", "headless=true", "frames=4", "idle_seconds=0", "runtime.fps=100", env=NO_DISPLAY)
+    r = cli("kiosk", f"ckpt={ckpt}", "compile=false", "headless=true", "frames=4", "idle_seconds=0", "runtime.fps=100", env=NO_DISPLAY)
     assert r.returncode == 0, r.stderr
     log = events(tmp_path / "kiosk.log")
     assert named(log, "attract-on")[0]["agent"] == "RandomAgent"

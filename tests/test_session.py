@@ -27,7 +27,7 @@ def ckpt(tmp_path_factory):
 def recorded(ckpt, tmp_path_factory):
     """A headless session driven by the random agent for 20 ticks, recorded to s.mp4 + s.jsonl."""
     folder = tmp_path_factory.mktemp("session")
-    r = run_cli("play", f"ckpt={ckpt}", "headless=true", "agent=random", "frames=20", "seed=3",
+    r = run_cli("play", f"ckpt={ckpt}", "compile=false", "headless=true", "agent=random", "frames=20", "seed=3",
                 f"record={folder}/s.mp4", cwd=folder, env=NO_DISPLAY)
     assert r.returncode == 0, r.stderr
     return folder / "s.jsonl"
@@ -60,7 +60,7 @@ def _frames_in_process(ckpt, log, compare):
 
 
 def test_compare_mode_shows_the_real_game_left_and_the_world_model_right(ckpt, cli, tmp_path):
-    r = cli("play", f"ckpt={ckpt}", "compare=true", "headless=true", "agent=heuristic", "frames=12",
+    r = cli("play", f"ckpt={ckpt}", "compile=false", "compare=true", "headless=true", "agent=heuristic", "frames=12",
             f"record={tmp_path}/c.mp4", env=NO_DISPLAY)
     assert r.returncode == 0, r.stderr
     log = read_session(tmp_path / "c.mp4")
@@ -140,7 +140,7 @@ def test_a_tampered_action_is_reported_at_the_first_differing_tick(recorded, cli
 
 def test_an_interrupted_session_keeps_a_playable_mp4_and_every_tick(ckpt, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), DISPLAY="")
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "play", f"ckpt={ckpt}", "headless=true",
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", "play", f"ckpt={ckpt}", "compile=false", "headless=true",
                              "agent=random", f"record={tmp_path}/i.mp4"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sidecar = tmp_path / "i.jsonl"

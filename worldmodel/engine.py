@@ -80,6 +80,11 @@ class WorldSession:
         """step() calls from the one that first carries an action to the one whose frame shows its effect."""
         return self.cfg.window if self.cfg.mode.startswith("rolling") else 1
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the steady-state tick has been compiled (``compile``: at the first reset)."""
+        return self._tick_net is not None
+
     @torch.no_grad()
     def reset(self, start_frames, seed: int = 0) -> np.ndarray:
         """Start a session from real frames (uint8 [H, W, 3] or [S, H, W, 3]); returns the last of them."""

@@ -6,6 +6,7 @@ and a JSONL sidecar that ``rollingworld replay`` regenerates them from (``runtim
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -67,6 +68,10 @@ class WorldSource:
                              "screen: use rollingworld dream start=IMAGE")
         self.t = 0
         start = self._game.reset(seed if start_seed is None else start_seed)
+        cfg = self.session.cfg
+        if cfg.compile and cfg.mode.startswith("rolling") and not self.session.compiled:
+            print("compiling the world model's tick (about a minute the first time, seconds once cached; "
+                  "compile=false starts at once)", file=sys.stderr, flush=True)
         return self.session.reset(start, seed=seed)
 
     def step(self, action) -> np.ndarray:
