@@ -210,3 +210,16 @@ def test_posted_keys_and_mouse_enter_the_newest_window_frame_and_the_screen_show
         np.testing.assert_array_equal(window.read_screen(), np.repeat(np.repeat(result.last_frame, 4, 0), 4, 1))
     finally:
         window.close()
+
+
+def test_play_and_kiosk_bad_checkpoint_or_game_are_one_line_errors(cli, tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a checkpoint" * 8)
+    assert_one_line_error(cli("play", f"ckpt={garbage}", "headless=true", "frames=2", env=NO_DISPLAY),
+                          "garbage.safetensors", "not a safetensors file")
+    assert_one_line_error(cli("play", f"ckpt={tmp_path}/missing.safetensors", "headless=true", env=NO_DISPLAY),
+                          "missing.safetensors")
+    assert_one_line_error(cli("kiosk", f"ckpt={garbage}", "headless=true", "frames=2", env=NO_DISPLAY),
+                          "not a safetensors file")
+    assert_one_line_error(cli("kiosk", "game=tetris", "headless=true", "frames=2", env=NO_DISPLAY), "tetris", "pong")
+    assert_one_line_error(cli("game", "game=tetris", "headless=true", "frames=2", env=NO_DISPLAY), "tetris", "pong")
