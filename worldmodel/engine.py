@@ -60,6 +60,7 @@ class WorldSession:
         self.levels = schedule.levels(steps).tolist()  # steps + 1 levels, 1 -> 0
         self.ticks = 0
         self._tick_net = None  # the compiled steady-state pass (``compile``), built at the first reset
+        self._decode = self._decode_uint8  # latent [1, 1, C, h, w] -> uint8 frames (compiled with the tick)
 
     @classmethod
     def from_checkpoint(cls, path, cfg: EngineConfig | None = None, device="cpu") -> "WorldSession":
@@ -113,13 +114,18 @@ class WorldSession:
                 self._compile_tick()
         return self.last_frame
 
+    def _decode_uint8(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.codec.to_uint8(self.codec.decode(latent))
+
     def _compile_tick(self) -> None:
         """Compile the steady-state pass (emitted frame + window, every cache slot) and run it once on dummy
         inputs, so that compilation happens now and never inside a tick. The session's state is not touched."""
         self._tick_net = torch.compile(self.denoiser, dynamic=False)
+        self._decode = torch.compile(self._decode_uint8, dynamic=False)
         T = self.cfg.window + 1
         c = self.net.cfg
         x = torch.zeros(1, T, c.channels, c.height, c.width, device=self.device)
+        self._decode(x[:, :1])
         sigma = torch.zeros(1, T, device=self.device)
         actions = torch.zeros(1, T, self.action_space.size, device=self.device)
         saved = self.pending, self.cache.last_clean
@@ -136,7 +142,7 @@ class WorldSession:
         else:
             latent = self._denoise_one_frame(action, self.levels)
         self.ticks += 1
-        self.last_frame = self.codec.to_uint8(self.codec.decode(latent))[0, 0].cpu().numpy()
+        self.last_frame = self._decode(latent)[0, 0].cpu().numpy()
         return self.last_frame
 
     # -- Rolling Forcing --------------------------------------------------------------------------------------------
