@@ -102,18 +102,23 @@ def infer_action_space(entries) -> ActionSpace:
     return ActionSpace(keys=tuple(keys), mouse=mouse, buttons=tuple(buttons))
 
 
+def read_lines(path: Path, what: str, hint: str = "") -> list[str]:
+    """The text lines of a JSONL file, or a one-line InputError saying which ``what`` is missing or unreadable."""
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}" + (f" ({hint})" if hint else ""))
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read {what} {path}: {e}") from None
+
+
 def read_action_log(path, action_space: ActionSpace | None = None) -> ActionLog:
     """Parse a JSONL action log; any malformed line is a one-line InputError naming the file and line.
 
     The controls are ``action_space`` if given, else the header line's, else inferred from the entries.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"action log not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read action log {path}: {e}") from None
+    lines = read_lines(path, "action log")
 
     def fail(n: int, msg: str):
         raise InputError(f"{path}:{n}: {msg}")

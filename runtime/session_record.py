@@ -157,13 +157,10 @@ def _is_int(v) -> bool:
 
 def read_session(path) -> SessionLog:
     """Parse a session's JSONL sidecar (given it or its mp4); anything wrong is a one-line InputError."""
+    from games.action_log import read_lines
+
     path = sidecar(path)
-    if not path.is_file():
-        raise InputError(f"session sidecar not found: {path} (play ... record=FILE.mp4 writes it)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read session {path}: {e}") from None
+    lines = read_lines(path, "session sidecar", hint="play ... record=FILE.mp4 writes it")
 
     def bad(n: int, msg: str):
         raise InputError(f"{path}: line {n}: {msg}")
