@@ -145,7 +145,7 @@ def test_dream_and_bench_commands(cli, tmp_path):
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["frames"] == 200 and figures["fps"] > 0 and figures["latency_ticks"] == 4
     assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
-    assert figures["busy_cores"] == 1 and figures["startup_s"] > 0
+    assert figures["busy_cores"] == 1 and figures["startup_s"] > 0 and len(figures["fps_by_block"]) == 1
     r = cli("play", f"ckpt={ckpt}", "compile=false", "headless=true", "frames=3", "agent=random", "runtime.fps=100",
             f"video={tmp_path}/play.mp4", env={"DISPLAY": ""})
     assert r.returncode == 0, r.stderr

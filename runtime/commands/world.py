@@ -192,6 +192,8 @@ def bench(cfg) -> int:
         "latency_ticks": session.latency_ticks, "latency_ms": session.latency_ticks * p50,
         "rss_mb_at_100": rss[100], f"rss_mb_at_{frames}": rss[frames], "fps_at_100": float(fps_100),
         f"fps_at_{frames}": float(fps_end), "fps_ratio_end_over_100": float(fps_end / fps_100),
+        # the whole run in blocks of ticks: a slowdown shows as a trend, a noisy neighbour as one bad block
+        "fps_by_block": [round(float(1000 / b.mean()), 2) for b in np.array_split(tick_ms, max(1, frames // 1000))],
     }
     width = max(map(len, result))
     for k, v in result.items():
