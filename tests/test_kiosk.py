@@ -19,7 +19,8 @@ from games.agents import MazeAgent, PongAgent, RandomAgent
 from games.errors import InputError
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper, resolve_bindings
-from runtime.kiosk import Kiosk, KioskConfig, KioskLog, KioskSession, attract_agent
+from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent
+from runtime.kiosk_supervisor import Kiosk
 from tests.conftest import ROOT, assert_one_line_error
 
 SIZE, SCALE = 32, 8  # a 32x32 frame on a 256x256 screen

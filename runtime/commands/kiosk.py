@@ -11,7 +11,8 @@ import os
 from omegaconf import OmegaConf
 
 from games.errors import InputError
-from runtime.kiosk import Kiosk, KioskConfig, KioskLog, KioskSession, attract_agent, one_line
+from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent, one_line
+from runtime.kiosk_supervisor import Kiosk
 
 
 def _source_builder(cfg):
