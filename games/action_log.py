@@ -102,14 +102,27 @@ def infer_action_space(entries) -> ActionSpace:
     return ActionSpace(keys=tuple(keys), mouse=mouse, buttons=tuple(buttons))
 
 
-def read_lines(path: Path, what: str, hint: str = "") -> list[str]:
-    """The text lines of a JSONL file, or a one-line InputError saying which ``what`` is missing or unreadable."""
+def read_json_lines(path: Path, what: str, hint: str = "", where: str = "{path}:{n}") -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file whose lines must be JSON objects; a missing
+    or unreadable file or a bad line is a one-line InputError (``where`` formats the place: path and line n)."""
     if not path.is_file():
         raise InputError(f"{what} not found: {path}" + (f" ({hint})" if hint else ""))
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {what} {path}: {e}") from None
+    objects = []
+    for n, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where.format(path=path, n=n)}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{where.format(path=path, n=n)}: expected a JSON object, got {type(obj).__name__}")
+        objects.append((n, obj))
+    return objects
 
 
 def read_action_log(path, action_space: ActionSpace | None = None) -> ActionLog:
@@ -118,21 +131,12 @@ def read_action_log(path, action_space: ActionSpace | None = None) -> ActionLog:
     The controls are ``action_space`` if given, else the header line's, else inferred from the entries.
     """
     path = Path(path)
-    lines = read_lines(path, "action log")
 
     def fail(n: int, msg: str):
         raise InputError(f"{path}:{n}: {msg}")
 
     header_space, header_fps, raw = None, None, []
-    for n, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            fail(n, f"not valid JSON ({e.msg})")
-        if not isinstance(obj, dict):
-            fail(n, f"expected a JSON object, got {type(obj).__name__}")
+    for n, obj in read_json_lines(path, "action log"):
         if "action_space" in obj and not raw and header_space is None:  # the optional header line
             try:
                 header_space = ActionSpace.from_dict(obj["action_space"])

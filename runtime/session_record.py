@@ -157,26 +157,18 @@ def _is_int(v) -> bool:
 
 def read_session(path) -> SessionLog:
     """Parse a session's JSONL sidecar (given it or its mp4); anything wrong is a one-line InputError."""
-    from games.action_log import read_lines
+    from games.action_log import read_json_lines
 
     path = sidecar(path)
-    lines = read_lines(path, "session sidecar", hint="play ... record=FILE.mp4 writes it")
 
     def bad(n: int, msg: str):
         raise InputError(f"{path}: line {n}: {msg}")
 
-    objects = []
-    for n, text in enumerate(lines, start=1):
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            bad(n, f"not valid JSON ({e.msg})")
-        if not isinstance(obj, dict):
-            bad(n, f"expected a JSON object, got {type(obj).__name__}")
-        objects.append(obj)
-    if not objects or objects[0].get("format") != FORMAT:
+    objects = read_json_lines(path, "session sidecar", hint="play ... record=FILE.mp4 writes it",
+                              where="{path}: line {n}")  # [(line number, object)]
+    if not objects or objects[0][1].get("format") != FORMAT:
         raise InputError(f"{path} is not a rollingworld session (its first line must be the session header)")
-    header = objects[0]
+    header = objects[0][1]
     if not _is_int(header.get("version")) or header["version"] > VERSION:
         bad(1, f"session version {header.get('version')!r}; this rollingworld reads up to {VERSION}")
     for key, (kind, what) in _HEADER.items():
@@ -193,7 +185,7 @@ def read_session(path) -> SessionLog:
         bad(1, "header field 'frame_sha1' is not a sha1")
 
     events, hashes, ticks = [], [header["frame_sha1"]], 0
-    for n, obj in enumerate(objects[1:], start=2):
+    for n, obj in objects[1:]:
         if not _is_sha(obj.get("frame_sha1"), 40):
             bad(n, "'frame_sha1' is missing or not a sha1")
         hashes.append(obj["frame_sha1"])
