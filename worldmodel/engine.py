@@ -22,7 +22,7 @@ import torch
 from games.actions import ActionSpace
 from games.errors import InputError
 from worldmodel.flow import Denoiser
-from worldmodel.kv_cache import KVCache
+from worldmodel.kv_cache import cached_pass, start_cache
 
 MODES = ("rolling", "rolling_nosink", "framewise", "teacher")
 
@@ -90,20 +90,12 @@ class WorldSession:
     def reset(self, start_frames, seed: int = 0) -> np.ndarray:
         """Start a session from real frames (uint8 [H, W, 3] or [S, H, W, 3]); returns the last of them."""
         frames = self._check_frames(start_frames)
-        cfg, net = self.cfg, self.net
+        cfg = self.cfg
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        heads, dim = net.cfg.heads, net.cfg.dim
         sink = 0 if cfg.mode == "rolling_nosink" else cfg.sink
-        self.cache = KVCache(net.cfg.depth, heads, dim // heads, net.cfg.tokens_per_frame, sink,
-                             max(cfg.recent, 1 if sink == 0 else 0), device=self.device)
         latents = self.codec.encode(torch.from_numpy(frames).to(self.device))[None]  # [1, S, C, h, w]
-        noop = torch.zeros(1, latents.shape[1], self.action_space.size, device=self.device)
-        sigma = torch.zeros(1, latents.shape[1], device=self.device)
-        from worldmodel.attention import causal_mask
-
-        _, kv = self.denoiser(latents, sigma, noop, frame_mask=causal_mask(latents.shape[1], self.device),
-                              return_kv=True)
-        self.cache.push(kv, latents)
+        self.cache = start_cache(self.denoiser, latents, self.action_space.size, sink,
+                                 max(cfg.recent, 1 if sink == 0 else 0))
         self.window: list[dict] = []  # oldest first: {"x": latent at its level, "level": index, "action": [A]}
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # emitted, not yet re-encoded (fused)
         self.ticks = 0
@@ -203,29 +195,11 @@ class WorldSession:
 
     # -- shared -----------------------------------------------------------------------------------------------------
     def _pass(self, x, sigma, actions, reencode: bool = False):
-        """One forward over input frames x [1, T, C, h, w] (levels sigma [1, T], actions [1, T, A]) attending to
-        the cache and, bidirectionally, to each other; returns clean-frame predictions [1, T, C, h, w].
-
-        With ``reencode``, x[:, 0] is a finished clean frame whose keys/values the caller pushes into the cache
-        (also returned): it attends only to the cache and itself, and this pass already sees the cache as it
-        will be after that push, without the frame the push evicts. A frame's clean re-encode thus sees the sink
-        and the C-1 newest recent frames, whether it runs alone or fused in front of the next window.
-
-        Every pass sees every cache slot, masked, so the steady-state tick has one fixed shape (``compile``).
-        """
-        context, seen, n_ctx = self.cache.context(without_evicted=reencode)
-        T, slots = x.shape[1], seen.numel()
-        mask = torch.ones(T, slots + T, dtype=torch.bool, device=self.device)
-        mask[:, :slots] = seen
-        if reencode:
-            mask[0, slots + 1:] = False
-        prev = torch.cat([self.cache.last_clean, x[:, :-1]], dim=1)
-        prev_sigma = torch.cat([torch.zeros(1, 1, device=self.device), sigma[:, :-1]], dim=1)
-        steady = reencode and T == self.cfg.window + 1
+        """One forward over the input frames attending to the cache (see ``cached_pass``); the steady-state
+        pass runs compiled once ``compile`` has built it."""
+        steady = reencode and x.shape[1] == self.cfg.window + 1
         net = self._tick_net if steady and self._tick_net is not None else self.denoiser
-        return net(x, sigma, actions, prev=prev, prev_sigma=prev_sigma,
-                   frame_pos=torch.arange(n_ctx, n_ctx + T, device=self.device), frame_mask=mask, context=context,
-                   return_kv=reencode)
+        return cached_pass(net, self.cache, x, sigma, actions, reencode)
 
     def _push_clean(self, latent: torch.Tensor, actions: torch.Tensor) -> None:
         """Clean re-encode: keys/values of the finished frame at level 0, pushed into the cache."""

@@ -123,3 +123,10 @@ def train_codec(cfg, overrides=()) -> int:
 
     run(to_dataclass(CodecTrainConfig, resumed(OmegaConf.to_container(cfg), list(overrides))))
     return 0
+
+
+def distill(cfg, overrides=()) -> int:
+    from worldmodel.distill import DistillConfig, distill as run
+
+    print(f"student: {run(to_dataclass(DistillConfig, resumed(OmegaConf.to_container(cfg), list(overrides))))}")
+    return 0

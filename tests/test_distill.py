@@ -1,0 +1,153 @@
+"""Rolling Forcing distillation: gradient windows, rollouts equal to the engine, DMD steps, resume, errors."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import assert_one_line_error, tiny_checkpoint
+from worldmodel.engine import EngineConfig, WorldSession
+from worldmodel.rollout import Rollout, gradient_windows
+
+TINY_TEACHER = ["model=tiny", "batch=2", "clip_len=8", "val_every=1000", "sample_every=1000", "threads=1",
+                "progress=false"]
+TINY_DISTILL = ["ode_pairs=4", "ode_batch=2", "batch=2", "rollout_frames=8", "critic_steps=1", "sample_every=1",
+                "threads=1", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny teacher trained for a few steps on a small pong recording: (checkpoint, recording)."""
+    from games import make_game
+    from games.record import record_dataset
+    from tests.conftest import run_cli
+
+    root = tmp_path_factory.mktemp("distill")
+    record_dataset(root / "pong", lambda: make_game("pong"), "heuristic", 3, 60, progress=False)
+    r = run_cli("train", f"data={root / 'pong'}", f"out={root / 'teacher'}", "steps=2", *TINY_TEACHER, cwd=root)
+    assert r.returncode == 0, r.stderr
+    return root / "teacher" / "teacher.safetensors", root / "pong"
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 4, 5])
+def test_gradient_windows_tile_the_rollout_once_for_every_offset(window):
+    for n in range(1, 14):
+        for offset in range(window):
+            windows = gradient_windows(n, window, offset)
+            covered = [j for _, first, end in windows for j in range(first, end)]
+            assert sorted(covered) == list(range(n)), (n, window, offset)  # each frame exactly once
+            for tick, first, end in windows:
+                assert tick % window == offset and end - first <= window
+                assert first >= tick - window + 1 and end - 1 <= tick  # frames in that tick's window
+    with pytest.raises(ValueError):
+        gradient_windows(8, 4, 4)
+
+
+def _start_and_actions(session, n_actions, seed=0):
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    acts = (rng.random((n_actions, session.action_space.size)) < 0.5).astype(np.float32)
+    return start, acts
+
+
+@pytest.mark.parametrize("mode", ["rolling", "rolling_nosink", "framewise"])
+def test_batch_one_rollout_reproduces_the_engine(tmp_path, mode):
+    """The student trains on exactly what it plays: same passes, same cache, same noise order as WorldSession."""
+    session = WorldSession.from_checkpoint(tiny_checkpoint(tmp_path / "t.safetensors"), EngineConfig(mode=mode))
+    start, acts = _start_and_actions(session, 10)
+    session.reset(start, seed=5)
+    played = np.stack([session.step(a) for a in acts])
+    W = session.cfg.window
+    warm = W - 1 if mode != "framewise" else 0  # a session's first W-1 frames hold no key
+    noop = np.zeros((warm, acts.shape[1]), np.float32)
+    tail = np.zeros((W, acts.shape[1]), np.float32)
+    rollout = Rollout(session.denoiser, session.levels, mode, sink=1, recent=4)
+    with torch.no_grad():
+        out = rollout.run(session.codec.encode(torch.from_numpy(start))[None],
+                          torch.from_numpy(np.concatenate([noop, acts, tail]))[None], 10, torch.Generator().manual_seed(5))
+    generated = session.codec.to_uint8(session.codec.decode(out.frames))[0].numpy()
+    assert np.array_equal(generated, played)
+
+
+@pytest.mark.parametrize("mode", ["rolling", "framewise"])
+def test_gradient_reaches_the_student_only_through_the_selected_windows(tmp_path, mode):
+    session = WorldSession.from_checkpoint(tiny_checkpoint(tmp_path / "t.safetensors"), EngineConfig(mode=mode))
+    den = session.denoiser.train().requires_grad_(True)
+    start, acts = _start_and_actions(session, 12)
+    lat = session.codec.encode(torch.from_numpy(start))[None].repeat(2, 1, 1, 1, 1)
+    actions = torch.from_numpy(acts)[None].repeat(2, 1, 1)
+    calls = []  # (grad enabled, frames in the pass) for every forward
+    hook = den.net.register_forward_hook(lambda m, args, out: calls.append((torch.is_grad_enabled(), args[0].shape[1])))
+    rollout = Rollout(den, session.levels, mode, sink=1, recent=4)
+    n, W, offset = 8, session.cfg.window, 2
+    plain = rollout.run(lat, actions, n, torch.Generator().manual_seed(1))
+    assert plain.outputs is None and not any(g for g, _ in calls)  # without an offset nothing carries gradient
+    calls.clear()
+    res = rollout.run(lat, actions, n, torch.Generator().manual_seed(1), grad_offset=offset)
+    hook.remove()
+    windows = gradient_windows(n, W, offset)
+    with_grad = [i for i, (g, _) in enumerate(calls) if g]
+    assert len(with_grad) == (len(windows) if mode == "rolling" else n)  # one pass per window / per frame
+    assert torch.equal(res.frames, plain.frames)  # gradient changes nothing that is generated
+    assert not res.frames.requires_grad and res.outputs.requires_grad and res.outputs.shape == res.frames.shape
+    # each frame's output is its prediction at the level it held in its window
+    expected = [rollout.levels[tick - j] for tick, first, end in windows for j in range(first, end)]
+    assert res.levels.tolist() == pytest.approx(expected)
+    res.outputs.square().mean().backward()
+    grads = [p.grad for p in den.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+def _params(state, prefix):
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_one_dmd_step_changes_student_and_critic_and_keeps_them_finite(teacher, tmp_path):
+    from worldmodel.distill import DistillConfig, Distiller
+
+    ckpt, data = teacher
+    d = Distiller(DistillConfig(teacher=str(ckpt), data=str(data), out=str(tmp_path / "run"), dmd_steps=1,
+                                batch=2, rollout_frames=8, critic_steps=1, threads=1, progress=False))
+    before = {name: {k: v.clone() for k, v in m.state_dict().items()} for name, m in
+              (("student", d.student), ("critic", d.critic), ("teacher", d.teacher.net))}
+    row = d.dmd_step()
+    assert np.isfinite(row["dmd_loss"]) and np.isfinite(row["critic_loss"])
+    for name, module in (("student", d.student), ("critic", d.critic)):
+        after = module.state_dict()
+        assert all(torch.isfinite(v).all() for v in after.values()), name
+        assert any(not torch.equal(before[name][k], after[k]) for k in after), f"{name} did not change"
+    assert all(torch.equal(before["teacher"][k], v) for k, v in d.teacher.net.state_dict().items())  # frozen
+
+
+def test_distill_writes_students_and_resume_equals_an_uninterrupted_run(cli, teacher, tmp_path):
+    ckpt, data = teacher
+    common = [f"teacher={ckpt}", f"data={data}", *TINY_DISTILL]
+    r = cli("distill", *common, f"out={tmp_path}/full", "ode_steps=3", "dmd_steps=2")
+    assert r.returncode == 0, r.stderr
+    full = tmp_path / "full"
+    for name in ("ode.safetensors", "student.safetensors", "state.safetensors", "loss.png", "metrics.jsonl",
+                 "samples/step-000002.mp4", "samples.jsonl"):
+        assert (full / name).exists(), name
+    assert cli("distill", *common, f"out={tmp_path}/part", "ode_steps=2", "dmd_steps=0").returncode == 0
+    r = cli("distill", *common, f"out={tmp_path}/part", "ode_steps=3", "dmd_steps=2", "resume=true")
+    assert r.returncode == 0, r.stderr
+    a, b = load_file(str(full / "student.safetensors")), load_file(str(tmp_path / "part" / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the student plays in the engine with the window it was trained for
+    session = WorldSession.from_checkpoint(full / "student.safetensors")
+    assert session.metadata["kind"] == "student" and session.metadata["engine"]["window"] == 4
+    session.reset(np.zeros((64, 64, 3), np.uint8))
+    frame = session.step(np.zeros(session.action_space.size, np.float32))
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8
+
+
+def test_distill_errors_are_one_line(cli, teacher, tmp_path):
+    ckpt, data = teacher
+    base = [f"teacher={ckpt}", f"data={data}", f"out={tmp_path}/r", *TINY_DISTILL]
+    assert_one_line_error(cli("distill", *base), "ode_steps")
+    assert_one_line_error(cli("distill", *base, "ode_steps=2", "ode_teacher_steps=6"), "multiple")
+    assert_one_line_error(cli("distill", *base[1:], f"teacher={tmp_path}/none.safetensors", "dmd_steps=1"), "none")
+    maze = tmp_path / "maze"
+    assert cli("record", "game=maze", "agent=random", "episodes=1", "frames=40", f"out={maze}",
+               "progress=false").returncode == 0
+    assert_one_line_error(cli("distill", f"teacher={ckpt}", f"data={maze}", f"out={tmp_path}/m", "dmd_steps=1",
+                              *TINY_DISTILL), "UP, DOWN")

@@ -1,0 +1,432 @@
+"""Rolling Forcing distillation: the many-step teacher becomes the few-step student that streams in real time.
+
+``rollingworld distill teacher=FILE data=DIR out=DIR`` runs ``distill(DistillConfig)`` in three phases, each
+resumable (``resume=true``) from the state saved in ``out``:
+
+1. **ODE pairs** (``ode_pairs``): the teacher's many-step solutions for the W frames of a rolling window after real
+   start frames with recorded actions (``dmd.teacher_window``), written in chunks to ``out/ode_pairs/``.
+2. **ODE init** (``ode_steps``): the student (the teacher's network and weights) regresses those solutions from
+   the window's levels in its rolling attention pattern. Ships ``out/ode.safetensors`` (EMA).
+3. **DMD** (``dmd_steps``): the student generates rollouts from its **own** history with the engine's rolling
+   window, sink and ring (``rollout.Rollout``; ``rollout_frames`` longer than its attention span, so eviction
+   and sink re-indexing happen), half rolling, half frame by frame (``framewise_fraction``). Gradient flows
+   only through non-overlapping windows picked by a random offset. A critic (the fake score, initialised from
+   the teacher) learns flow matching on the student's outputs, ``critic_steps`` times per student step; the
+   frozen teacher is the real score (``dmd.dmd_loss``). AdamW with beta1 = 0 for both. Ships
+   ``out/student.safetensors``: the EMA of the student.
+
+Every random draw of a step comes from generators seeded by (seed, rank, phase, step), so a resumed run repeats
+what an uninterrupted one would have done. Under ``torchrun`` every process generates its own rollouts and the
+gradients of student and critic are averaged across processes before each optimizer step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from games.errors import InputError
+from games.recording import Recording
+from worldmodel.checkpoint import check_action_space, save_checkpoint
+from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
+from worldmodel.distill_report import DistillReport
+from worldmodel.dmd import critic_loss, dmd_loss, ode_loss, score_clips, teacher_window
+from worldmodel.flow import Denoiser, NoiseSchedule
+from worldmodel.model import DiT, DiTConfig, count_params
+from worldmodel.rollout import Rollout
+from worldmodel.sample import load_teacher
+from worldmodel.train_state import load_train_state, save_train_state
+
+PHASES = ("pairs", "ode", "dmd")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str = "???"  # the teacher checkpoint (rollingworld train)
+    data: str = "???"  # the recording it was trained on (start frames and actions of rollouts)
+    out: str = "???"  # run folder
+    window: int = 4  # W: frames in the rolling window = denoising steps per frame
+    sink: int = 1  # S: attention-sink frames
+    recent: int = 4  # C: recent frames in the ring
+    shift: float = 0.0  # level shift of the window (0 = the teacher's sampling shift)
+    start_frames: int = 4  # real frames a rollout starts from (the first is the sink)
+    ode_pairs: int = 256  # teacher windows solved for ODE init
+    ode_teacher_steps: int = 8  # the teacher's Euler steps per frame (a multiple of window)
+    ode_steps: int = 0  # ODE-init optimizer steps
+    ode_batch: int = 8
+    ode_lr: float = 5e-5
+    dmd_steps: int = 0  # student (generator) steps of DMD
+    batch: int = 4  # rollouts per DMD step and process
+    rollout_frames: int = 8  # frames per rollout (a multiple of window)
+    lr: float = 2e-5  # student learning rate (DMD)
+    critic_lr: float = 2e-5
+    critic_steps: int = 5  # critic steps per student step
+    dmd_shift: float = 0.0  # shift of the DMD/critic levels (0 = the teacher's)
+    t_min: float = 0.02  # DMD levels are drawn in [t_min, t_max] before the shift
+    t_max: float = 0.98
+    framewise_fraction: float = 0.5  # rollouts generated frame by frame (the rest rolling)
+    grad_clip: float = 1.0
+    ema: float = 0.99  # EMA decay of the shipped student
+    sample_every: int = 50  # DMD steps between sample videos
+    checkpoint_minutes: float = 5.0
+    minutes: float = 0.0  # time limit of this invocation (0 = none); the state is saved when it runs out
+    threads: int = 0
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def _generators(cfg: DistillConfig, rank: int, phase: str, step: int, device):
+    """The random sources of one step: a pure function of (seed, rank, phase, step), hence exact resume."""
+    np_rng = np.random.default_rng([cfg.seed, rank, PHASES.index(phase), step])
+    g = torch.Generator(device=device)
+    g.manual_seed(int(np_rng.integers(2**62)))
+    return np_rng, g
+
+
+class Distiller:
+    def __init__(self, cfg: DistillConfig):
+        self.cfg = cfg
+        self._check(cfg)
+        self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+        cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if self.distributed:
+            dist.init_process_group("nccl" if cuda else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        else:
+            self.rank, self.world = 0, 1
+        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        self.teacher_model = load_teacher(cfg.teacher, device=self.device)
+        self.meta = self.teacher_model.metadata
+        self._load_data()
+        self._build()
+
+    @staticmethod
+    def _check(cfg: DistillConfig) -> None:
+        if cfg.window < 1 or cfg.start_frames < 1 or cfg.sink > cfg.start_frames:
+            raise InputError(f"need window >= 1 and 1 <= sink <= start_frames; got window={cfg.window} "
+                             f"sink={cfg.sink} start_frames={cfg.start_frames}")
+        if cfg.ode_steps and cfg.ode_teacher_steps % cfg.window:
+            raise InputError(f"ode_teacher_steps ({cfg.ode_teacher_steps}) must be a multiple of window "
+                             f"({cfg.window}): the window's levels lie on the teacher's path")
+        if cfg.dmd_steps and cfg.rollout_frames % cfg.window:
+            raise InputError(f"rollout_frames ({cfg.rollout_frames}) must be a multiple of window ({cfg.window})")
+        if not 0 <= cfg.framewise_fraction <= 1 or not 0 < cfg.t_min < cfg.t_max < 1:
+            raise InputError("need 0 <= framewise_fraction <= 1 and 0 < t_min < t_max < 1")
+        if not (cfg.ode_steps or cfg.dmd_steps):
+            raise InputError("say how long to distill: ode_steps=N and/or dmd_steps=M")
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def _load_data(self):
+        cfg = self.cfg
+        self.recording = Recording(cfg.data)
+        check_action_space(self.meta, self.recording.action_space)
+        tcfg = self.meta.get("provenance", {}).get("train_config", {})
+        # the teacher's own split: episodes it held out stay held out for the student too
+        self.train_ids, self.val_ids = split_episodes(self.recording, float(tcfg.get("val_fraction", 0.1)),
+                                                      seed=int(tcfg.get("seed", 0)))
+        self.change_strength = float(tcfg.get("change_weight", 0.0))
+        self.clip_len = int(tcfg.get("clip_len", 8))
+        frames = cfg.start_frames + max(cfg.rollout_frames + cfg.window - 1, cfg.window)
+        self.clips = ClipDataset(self.recording, frames + 1, episodes=self.train_ids)  # + 1: causing actions
+
+    def _build(self):
+        cfg, teacher = self.cfg, self.teacher_model.denoiser
+        schedule = teacher.schedule
+        shift = cfg.shift or schedule.shift
+        self.schedule = NoiseSchedule(**{**schedule.to_dict(), "shift": shift})
+        self.levels = self.schedule.levels(cfg.window).tolist()
+        self.teacher_levels = self.schedule.levels(cfg.ode_teacher_steps).tolist()
+        self.dmd_shift = cfg.dmd_shift or schedule.shift
+        model_cfg = DiTConfig(**{k: v for k, v in self.meta["model"].items() if k != "size"})
+        self.model_cfg = model_cfg
+
+        def copy_of_teacher(trainable: bool) -> DiT:
+            net = DiT(model_cfg).to(self.device)
+            net.load_state_dict(teacher.net.state_dict())
+            return net.requires_grad_(trainable)
+
+        self.teacher = teacher  # frozen: the real score
+        self.student, self.ema, self.critic = copy_of_teacher(True), copy_of_teacher(False), copy_of_teacher(True)
+        self.student_den = Denoiser(self.student, self.schedule)
+        self.ema_den = Denoiser(self.ema, self.schedule)
+        self.critic_den = Denoiser(self.critic, schedule)
+        self.opt_ode = torch.optim.AdamW(self.student.parameters(), lr=cfg.ode_lr, betas=(0.9, 0.99),
+                                         weight_decay=0.0)
+        self.opt_student = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr, betas=(0.0, 0.999),
+                                             weight_decay=0.0)
+        self.opt_critic = torch.optim.AdamW(self.critic.parameters(), lr=cfg.critic_lr, betas=(0.0, 0.999),
+                                            weight_decay=0.0)
+        self.steps = {"ode": 0, "dmd": 0}
+        self.history: list[dict] = []
+        state = self.out / "state.safetensors"
+        if cfg.resume and state.exists():
+            extra = load_train_state(state, self._modules(), self._optimizers())
+            self.steps, self.history = dict(extra["steps"]), list(extra.get("history", []))
+        elif not cfg.resume and state.exists():
+            raise InputError(f"{self.out} already holds a run; resume=true continues it, or choose another out=")
+        self.report = DistillReport(self.out, self.recording, self.teacher_model.codec, self.val_ids,
+                                    cfg.start_frames) if self.rank == 0 else None
+
+    def _modules(self) -> dict:
+        return {"student": self.student, "ema": self.ema, "critic": self.critic}
+
+    def _optimizers(self) -> dict:
+        return {"opt_ode": self.opt_ode, "opt_student": self.opt_student, "opt_critic": self.opt_critic}
+
+    # -- data -------------------------------------------------------------------------------------------------------
+    def _batch(self, rng: np.random.Generator, batch: int):
+        """Latents of ``batch`` recorded clips [B, L, C, h, w] and the action that produced each frame [B, L, A]."""
+        frames, actions = with_causing_actions(*self.clips.sample_batch(rng, batch))
+        with torch.no_grad():
+            x0 = self.teacher_model.codec.encode(torch.from_numpy(frames).to(self.device))
+        return x0, torch.from_numpy(actions).to(self.device)
+
+    # -- phase 1: ODE pairs -------------------------------------------------------------------------------------------
+    def _pairs_dir(self) -> Path:
+        return self.out / "ode_pairs"
+
+    def _chunks(self) -> list[int]:
+        n = math.ceil(self.cfg.ode_pairs / self.cfg.ode_batch)
+        return list(range(n))
+
+    def _chunk_path(self, i: int) -> Path:
+        return self._pairs_dir() / f"chunk-{i:05d}.safetensors"
+
+    def make_pairs(self, bar=None, deadline=None) -> bool:
+        """Solve the teacher's windows, one chunk of ``ode_batch`` at a time (written atomically; chunks already
+        on disk are kept). Returns False if the time limit stopped it."""
+        from safetensors.torch import save_file
+
+        cfg, S, W = self.cfg, self.cfg.start_frames, self.cfg.window
+        self._pairs_dir().mkdir(parents=True, exist_ok=True)
+        for i in self._chunks():
+            path = self._chunk_path(i)
+            if i % self.world != self.rank or path.exists():
+                continue
+            if deadline and time.monotonic() > deadline:
+                return False
+            rng, g = _generators(cfg, 0, "pairs", i, self.device)
+            x0, actions = self._batch(rng, cfg.ode_batch)
+            inputs, targets = teacher_window(self.teacher, x0[:, :S], actions[:, :S], actions[:, S:S + W],
+                                             self.teacher_levels, W, g, max_context=self.clip_len - 1)
+            tmp = path.with_suffix(".tmp")
+            save_file({"start": x0[:, :S].contiguous(), "actions": actions[:, S:S + W].contiguous(),
+                       "inputs": inputs.contiguous(), "targets": targets.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+            if bar is not None:
+                bar.update(1)
+        if self.distributed:
+            dist.barrier()
+        return True
+
+    def _load_pairs(self) -> dict[str, torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        parts: dict[str, list] = {}
+        for i in self._chunks():
+            try:
+                chunk = load_file(str(self._chunk_path(i)), device=str(self.device))
+            except (OSError, SafetensorError) as e:
+                raise InputError(f"ODE pair chunk {self._chunk_path(i)} is unreadable ({e}); delete it and "
+                                 f"resume to solve it again") from None
+            for k, v in chunk.items():
+                parts.setdefault(k, []).append(v)
+        return {k: torch.cat(v)[:self.cfg.ode_pairs] for k, v in parts.items()}
+
+    # -- phase 2: ODE init --------------------------------------------------------------------------------------------
+    def ode_step(self, pairs: dict[str, torch.Tensor]) -> dict:
+        cfg = self.cfg
+        rng, _ = _generators(cfg, self.rank, "ode", self.steps["ode"], self.device)
+        idx = torch.from_numpy(rng.integers(0, len(pairs["start"]), cfg.ode_batch))
+        b = {k: v[idx] for k, v in pairs.items()}
+        loss = ode_loss(self.student_den, b["start"], b["inputs"], b["targets"], b["actions"], self.levels,
+                        cfg.sink, cfg.recent, self.change_strength)
+        grad_norm = self._update(loss, self.student, self.opt_ode)
+        self._update_ema(self.steps["ode"])
+        self.steps["ode"] += 1
+        return {"phase": "ode", "step": self.steps["ode"], "ode_loss": loss.item(), "grad_norm": grad_norm}
+
+    # -- phase 3: DMD ---------------------------------------------------------------------------------------------------
+    def _rollout_inputs(self, rng: np.random.Generator):
+        cfg = self.cfg
+        x0, actions = self._batch(rng, cfg.batch)
+        mode = "framewise" if rng.random() < cfg.framewise_fraction else "rolling"
+        return x0[:, :cfg.start_frames], actions, mode
+
+    def _blocks(self, start, actions, result, frames):
+        """Score clips of the rollout's frames (``frames``: with or without gradient)."""
+        S = self.cfg.start_frames
+        context = torch.cat([start, result.frames], 1)
+        n_ctx = min(S, self.clip_len - self.cfg.window)
+        return score_clips(context, actions[:, :S + self.cfg.rollout_frames], frames,
+                           actions[:, S:S + self.cfg.rollout_frames], self.cfg.window, n_ctx)
+
+    def critic_step(self, sub: int) -> float:
+        cfg = self.cfg
+        rng, g = _generators(cfg, self.rank, "dmd", self.steps["dmd"] * 1000 + sub, self.device)
+        start, actions, mode = self._rollout_inputs(rng)
+        with torch.no_grad():
+            result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
+                start, actions[:, cfg.start_frames:], cfg.rollout_frames, g)
+        ctx, ctx_act, blk, blk_act = self._blocks(start, actions, result, result.frames)
+        loss = critic_loss(self.critic_den, ctx, ctx_act, blk, blk_act, self.dmd_shift, cfg.t_min, cfg.t_max, g,
+                           self.change_strength)
+        self._update(loss, self.critic, self.opt_critic)
+        return loss.item()
+
+    def student_step(self) -> tuple[torch.Tensor, dict]:
+        """One DMD step of the student on a fresh rollout with gradient windows; returns (loss, stats)."""
+        cfg = self.cfg
+        rng, g = _generators(cfg, self.rank, "dmd", self.steps["dmd"] * 1000 + 999, self.device)
+        start, actions, mode = self._rollout_inputs(rng)
+        offset = int(rng.integers(cfg.window))
+        result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
+            start, actions[:, cfg.start_frames:], cfg.rollout_frames, g, grad_offset=offset)
+        ctx, ctx_act, blk, blk_act = self._blocks(start, actions, result, result.outputs)
+        loss, stats = dmd_loss(self.teacher, self.critic_den, ctx, ctx_act, blk, blk_act, self.dmd_shift,
+                               cfg.t_min, cfg.t_max, g)
+        stats["rollout_mode"] = mode
+        stats["offset"] = offset
+        return loss, stats
+
+    def dmd_step(self) -> dict:
+        critic = [self.critic_step(i) for i in range(self.cfg.critic_steps)]
+        loss, stats = self.student_step()
+        grad_norm = self._update(loss, self.student, self.opt_student)
+        self._update_ema(self.steps["ode"] + self.steps["dmd"])
+        self.steps["dmd"] += 1
+        row = {"phase": "dmd", "step": self.steps["dmd"], "grad_norm": grad_norm,
+               "critic_loss": float(np.mean(critic)) if critic else float("nan")}
+        row.update({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()})
+        return row
+
+    # -- shared -----------------------------------------------------------------------------------------------------
+    def _update(self, loss: torch.Tensor, net: DiT, opt: torch.optim.Optimizer) -> float:
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"distillation loss is {loss.item()}: lower the learning rates")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.distributed:
+            for p in net.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip))
+        opt.step()
+        return grad_norm
+
+    def _update_ema(self, step: int) -> None:
+        decay = min(self.cfg.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.student.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+
+    def metadata(self, stage: str) -> dict:
+        cfg = self.cfg
+        meta = json.loads(json.dumps(self.meta))
+        meta["kind"] = "student"
+        meta["schedule"] = self.schedule.to_dict()
+        meta["engine"] = {"window": cfg.window, "sink": cfg.sink, "recent": cfg.recent}
+        meta["distill"] = {"stage": stage, "ode_steps": self.steps["ode"], "dmd_steps": self.steps["dmd"],
+                           "teacher": str(Path(cfg.teacher).resolve()), "config": asdict(cfg),
+                           "processes": self.world, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        return meta
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_train_state(self.out / "state.safetensors", self._modules(), self._optimizers(),
+                         {"steps": self.steps, "history": self.history})
+        tensors = {f"model.{k}": v for k, v in self.ema.state_dict().items()}
+        tensors.update({f"codec.{k}": v for k, v in self.teacher_model.codec.state_dict().items()})
+        if self.steps["ode"] and not self.steps["dmd"]:
+            save_checkpoint(self.out / "ode.safetensors", tensors, self.metadata("ode"))
+        if self.steps["dmd"]:
+            save_checkpoint(self.out / "student.safetensors", tensors, self.metadata("dmd"))
+
+    def check_ranks_agree(self) -> None:
+        digest = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(self.student.parameters())))
+        digests = [None] * self.world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"DDP ranks disagree on the student's weights: {digests}")
+        if self.rank == 0:
+            print(f"ranks agree: {self.world} processes hold identical weights (digest {digest:.6f})")
+
+
+def distill(cfg: DistillConfig) -> Path:
+    """Run (or resume) the distillation; returns the path of the shipped student (or the ODE-init student when
+    ``dmd_steps`` is 0)."""
+    from tqdm import tqdm
+
+    d = Distiller(cfg)
+    if d.rank == 0:
+        d.out.mkdir(parents=True, exist_ok=True)
+        (d.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        print(f"student {count_params(d.student) / 1e6:.2f}M parameters, window {cfg.window}, sink {cfg.sink}, "
+              f"recent {cfg.recent}, levels {[round(s, 3) for s in d.levels]}; ODE {d.steps['ode']}/{cfg.ode_steps}, "
+              f"DMD {d.steps['dmd']}/{cfg.dmd_steps} steps done; {d.world} process(es) on {d.device}")
+    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
+    show = cfg.progress and d.rank == 0
+    last_ckpt = time.monotonic()
+
+    def out_of_time() -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    def maybe_checkpoint() -> None:
+        nonlocal last_ckpt
+        if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
+            d.save()
+            last_ckpt = time.monotonic()
+
+    try:
+        if cfg.ode_steps and d.steps["ode"] < cfg.ode_steps and d.steps["dmd"] == 0:
+            todo = sum(1 for i in d._chunks() if not d._chunk_path(i).exists())
+            with tqdm(total=len(d._chunks()), initial=len(d._chunks()) - todo, disable=not show, unit="chunk",
+                      desc="ODE pairs", dynamic_ncols=True) as bar:
+                finished = d.make_pairs(bar, deadline)
+            if finished:
+                pairs = d._load_pairs()
+                with tqdm(total=cfg.ode_steps, initial=d.steps["ode"], disable=not show, unit="step",
+                          desc="ODE init", dynamic_ncols=True) as bar:
+                    while d.steps["ode"] < cfg.ode_steps and not out_of_time():
+                        row = d.ode_step(pairs)
+                        d.history.append(row)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{row['ode_loss']:.4f}")
+                        maybe_checkpoint()
+                if d.steps["ode"] >= cfg.ode_steps:
+                    d.save()  # ode.safetensors: the student before DMD
+        if cfg.dmd_steps and (d.steps["ode"] >= cfg.ode_steps) and not out_of_time():
+            with tqdm(total=cfg.dmd_steps, initial=d.steps["dmd"], disable=not show, unit="step", desc="DMD",
+                      dynamic_ncols=True) as bar:
+                while d.steps["dmd"] < cfg.dmd_steps and not out_of_time():
+                    row = d.dmd_step()
+                    d.history.append(row)
+                    bar.update(1)
+                    bar.set_postfix(dmd=f"{row['dmd_loss']:.4f}", critic=f"{row['critic_loss']:.4f}")
+                    if d.rank == 0 and (d.steps["dmd"] % cfg.sample_every == 0 or d.steps["dmd"] == cfg.dmd_steps):
+                        d.report.write(d.ema_den, d.levels, cfg, d.history, d.steps["dmd"])
+                    maybe_checkpoint()
+    finally:
+        d.save()  # also on Ctrl-C: nothing done is lost
+        if d.rank == 0:
+            d.report.write_log(d.history)
+        if d.distributed:
+            d.check_ranks_agree()
+            dist.destroy_process_group()
+    return d.out / ("student.safetensors" if d.steps["dmd"] else "ode.safetensors")
