@@ -151,3 +151,21 @@ def test_distill_errors_are_one_line(cli, teacher, tmp_path):
                "progress=false").returncode == 0
     assert_one_line_error(cli("distill", f"teacher={ckpt}", f"data={maze}", f"out={tmp_path}/m", "dmd_steps=1",
                               *TINY_DISTILL), "UP, DOWN")
+
+
+def test_two_process_torchrun_keeps_identical_students(teacher, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    ckpt, data = teacher
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+                        "-m", "runtime", "distill", f"teacher={ckpt}", f"data={data}", f"out={tmp_path}/ddp",
+                        "ode_steps=2", "dmd_steps=1", *TINY_DISTILL],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ranks agree: 2 processes" in r.stdout and "2 process(es)" in r.stdout
+    assert (tmp_path / "ddp" / "student.safetensors").exists()

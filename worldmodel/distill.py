@@ -391,6 +391,8 @@ def distill(cfg: DistillConfig) -> Path:
         nonlocal last_ckpt
         if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
             d.save()
+            if d.rank == 0:
+                d.report.write_log(d.history)
             last_ckpt = time.monotonic()
 
     try:

@@ -128,7 +128,7 @@ def evaluate_distillation(teacher: str, students: dict[str, str], data: str, out
         elapsed = time.monotonic() - t0
         real = nearest_real_psnr(gen, bank)
         first, last = float(real[:seconds].mean()), float(real[-seconds:].mean())
-        stability[row["name"]] = {"ticks": ticks, "minutes": ticks / fps / 60, "first": first, "last": last,
+        stability[row["name"]] = {"ticks": ticks, "seconds": ticks / fps, "first": first, "last": last,
                                   "drop": first - last, "generation_s": elapsed}
     summary = {"data": str(Path(data).resolve()), "teacher": str(Path(teacher).resolve()),
                "students": {k: str(Path(v).resolve()) for k, v in students.items()}, "samples": len(picks),
@@ -153,7 +153,7 @@ def summary_markdown(summary: dict) -> str:
     for name, r in summary["rows"].items():
         st = r["stability"]
         lines.append(f"| {name}: {r['what']} | " + " | ".join(f"{r['psnr'][h]:.2f}" for h in hs)
-                     + f" | {st['minutes']:.1f} min | {st['first']:.2f} | {st['last']:.2f} | {st['drop']:+.2f} |")
+                     + f" | {st['seconds']:.0f} s | {st['first']:.2f} | {st['last']:.2f} | {st['drop']:+.2f} |")
     for name, b in summary["baselines"].items():
         lines.append(f"| baseline: {name.replace('_', ' ')} | " + " | ".join(f"{b[h]:.2f}" for h in hs)
                      + " | | | | |")
