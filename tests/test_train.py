@@ -127,3 +127,56 @@ def test_codec_stage_feeds_the_teacher(cli, pong_data, tmp_path):
 
     strip = Image.open(tmp_path / "s.png")  # frames 1 and 4: two columns of real over generated, 3x scale
     assert strip.size == (3 * (2 * 64 + 4), 3 * (2 * 64 + 2))
+
+
+@pytest.fixture(scope="module")
+def init_teacher(pong_data, tmp_path_factory):
+    """A tiny teacher on a trained conv codec (patch 4), to fine-tune from: its checkpoint path."""
+    from tests.conftest import run_cli
+
+    root = tmp_path_factory.mktemp("init")
+    r = run_cli("train-codec", f"data={pong_data}", f"out={root}/codec", "steps=2", "threads=1", "progress=false",
+                cwd=root)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train", f"data={pong_data}", f"out={root}/a", f"codec={root}/codec/codec.safetensors", "steps=3",
+                "lr=1e-3", "model.patch=4", *TINY, cwd=root)
+    assert r.returncode == 0, r.stderr
+    return root / "a" / "teacher.safetensors"
+
+
+def test_init_starts_from_the_checkpoint_weights_and_codec(cli, pong_data, init_teacher, tmp_path):
+    from worldmodel.checkpoint import load_checkpoint, read_header
+
+    # lr=0: one step changes nothing, so the shipped weights are exactly the ones the run started from
+    frozen = ["steps=1", "lr=0", "batch=2", "clip_len=4", "threads=1", "progress=false", "sample_every=1000"]
+    r = cli("train", f"data={pong_data}", f"out={tmp_path}/b", f"init={init_teacher}", *frozen)  # default: small
+    assert r.returncode == 0, r.stderr
+    a, b = load_checkpoint(init_teacher), load_checkpoint(tmp_path / "b" / "teacher.safetensors")
+    assert a.tensors.keys() == b.tensors.keys()  # the checkpoint's network (tiny, patch 4) and its codec.* weights
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+    assert b.metadata["model"] == a.metadata["model"] and b.metadata["codec"] == a.metadata["codec"]
+    assert b.metadata["codec"]["type"] == "conv_ae"
+    init = b.metadata["provenance"]["init"]
+    assert init["path"] == str(init_teacher.resolve()) and init["step"] == 3
+    assert init["data_sha256"] == read_header(init_teacher)["data_sha256"]
+    # the same run without init starts from fresh weights
+    r = cli("train", f"data={pong_data}", f"out={tmp_path}/c", f"codec={init_teacher.parent.parent}/codec/"
+            "codec.safetensors", "model=tiny", "model.patch=4", *frozen)
+    assert r.returncode == 0, r.stderr
+    c = load_checkpoint(tmp_path / "c" / "teacher.safetensors")
+    assert c.tensors.keys() == a.tensors.keys()
+    assert not all(torch.equal(a.tensors[k], c.tensors[k]) for k in a.tensors if k.startswith("model."))
+
+
+def test_init_with_other_actions_or_a_codec_is_one_line_error(cli, init_teacher, tmp_path):
+    maze = tmp_path / "maze"
+    assert cli("record", "game=maze", "agent=random", "episodes=2", "frames=20", f"out={maze}",
+               "progress=false").returncode == 0
+    r = cli("train", f"data={maze}", f"out={tmp_path}/r", f"init={init_teacher}", "steps=1", *TINY)
+    assert_one_line_error(r, "UP, DOWN")
+    assert not (tmp_path / "r" / "teacher.safetensors").exists()
+    r = cli("train", f"data={maze}", f"out={tmp_path}/r", f"init={init_teacher}", "codec=x.safetensors", "steps=1")
+    assert_one_line_error(r, "init=", "codec")
+    r = cli("train", f"data={maze}", f"out={tmp_path}/r", f"init={tmp_path}/none.safetensors", "steps=1")
+    assert_one_line_error(r, "none.safetensors")

@@ -92,10 +92,26 @@ def _generators(cfg: DistillConfig, rank: int, phase: str, step: int, device):
     return np_rng, g
 
 
+def check_config(cfg: DistillConfig) -> None:
+    """An InputError naming the first setting that cannot work (before anything is loaded or written)."""
+    if cfg.window < 1 or cfg.start_frames < 1 or cfg.sink > cfg.start_frames:
+        raise InputError(f"need window >= 1 and 1 <= sink <= start_frames; got window={cfg.window} "
+                         f"sink={cfg.sink} start_frames={cfg.start_frames}")
+    if cfg.ode_steps and cfg.ode_teacher_steps % cfg.window:
+        raise InputError(f"ode_teacher_steps ({cfg.ode_teacher_steps}) must be a multiple of window "
+                         f"({cfg.window}): the window's levels lie on the teacher's path")
+    if cfg.dmd_steps and cfg.rollout_frames % cfg.window:
+        raise InputError(f"rollout_frames ({cfg.rollout_frames}) must be a multiple of window ({cfg.window})")
+    if not 0 <= cfg.framewise_fraction <= 1 or not 0 < cfg.t_min < cfg.t_max < 1:
+        raise InputError("need 0 <= framewise_fraction <= 1 and 0 < t_min < t_max < 1")
+    if not (cfg.ode_steps or cfg.dmd_steps):
+        raise InputError("say how long to distill: ode_steps=N and/or dmd_steps=M")
+
+
 class Distiller:
     def __init__(self, cfg: DistillConfig):
         self.cfg = cfg
-        self._check(cfg)
+        check_config(cfg)
         self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
         cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         if self.distributed:
@@ -111,21 +127,6 @@ class Distiller:
         self.meta = self.teacher_model.metadata
         self._load_data()
         self._build()
-
-    @staticmethod
-    def _check(cfg: DistillConfig) -> None:
-        if cfg.window < 1 or cfg.start_frames < 1 or cfg.sink > cfg.start_frames:
-            raise InputError(f"need window >= 1 and 1 <= sink <= start_frames; got window={cfg.window} "
-                             f"sink={cfg.sink} start_frames={cfg.start_frames}")
-        if cfg.ode_steps and cfg.ode_teacher_steps % cfg.window:
-            raise InputError(f"ode_teacher_steps ({cfg.ode_teacher_steps}) must be a multiple of window "
-                             f"({cfg.window}): the window's levels lie on the teacher's path")
-        if cfg.dmd_steps and cfg.rollout_frames % cfg.window:
-            raise InputError(f"rollout_frames ({cfg.rollout_frames}) must be a multiple of window ({cfg.window})")
-        if not 0 <= cfg.framewise_fraction <= 1 or not 0 < cfg.t_min < cfg.t_max < 1:
-            raise InputError("need 0 <= framewise_fraction <= 1 and 0 < t_min < t_max < 1")
-        if not (cfg.ode_steps or cfg.dmd_steps):
-            raise InputError("say how long to distill: ode_steps=N and/or dmd_steps=M")
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def _load_data(self):

@@ -158,3 +158,29 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| baseline: {name.replace('_', ' ')} | " + " | ".join(f"{b[h]:.2f}" for h in hs)
                      + " | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    """``python -m worldmodel.distill_eval --teacher T --student ode=FILE --student student=FILE --data D --out O``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--student", action="append", default=[], help="NAME=FILE (repeatable)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--starts", type=int, default=20)
+    ap.add_argument("--horizons", default="1,8,32")
+    ap.add_argument("--stability-ticks", type=int, default=3600)
+    ap.add_argument("--teacher-stability-ticks", type=int, default=900)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    students = dict(s.split("=", 1) for s in args.student)
+    summary = evaluate_distillation(args.teacher, students, args.data, args.out, args.starts,
+                                    tuple(int(h) for h in args.horizons.split(",")), args.stability_ticks,
+                                    threads=args.threads, teacher_stability_ticks=args.teacher_stability_ticks)
+    print(summary_markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

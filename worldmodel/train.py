@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from games.errors import InputError
 from games.recording import Recording
-from worldmodel.checkpoint import load_checkpoint, save_checkpoint
+from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint, read_header, save_checkpoint
 from worldmodel.codec import make_codec
 from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
 from worldmodel.flow import Denoiser, NoiseSchedule, flow_matching_loss
@@ -41,6 +41,7 @@ class TrainConfig:
     model: str = "small"  # a size from worldmodel.model.MODELS
     patch: int = 8  # latent pixels per token side
     codec: str = "pixels"  # "pixels", or a codec checkpoint from train-codec
+    init: str = ""  # fine-tune: a teacher checkpoint whose network, weights and codec a fresh run starts from
     clip_len: int = 8  # frames per training clip
     batch: int = 8  # clips per step (per process)
     steps: int = 0  # optimizer steps (0 = until the time budget ends)
@@ -68,13 +69,30 @@ class TrainConfig:
     progress: bool = True
 
 
-def load_codec(spec: str):
-    """``pixels`` (plain pixel patches), or the codec inside a checkpoint written by ``train-codec``."""
+def load_codec(spec: str | Checkpoint):
+    """``pixels`` (plain pixel patches), or the codec inside a checkpoint (a path written by ``train-codec``, or a
+    loaded checkpoint: the teacher a fine-tune starts from)."""
     if spec == "pixels":
         return make_codec({"type": "pixels"})
     from worldmodel.sample import codec_from_checkpoint
 
-    return codec_from_checkpoint(load_checkpoint(spec)).requires_grad_(False)
+    return codec_from_checkpoint(spec if isinstance(spec, Checkpoint) else load_checkpoint(spec)).requires_grad_(False)
+
+
+def load_init(cfg: TrainConfig, action_space) -> tuple[Checkpoint, TrainConfig]:
+    """The teacher checkpoint ``cfg.init`` that a fine-tune starts from, and ``cfg`` with the settings that fix
+    the network's shape and the meaning of its output taken from it (size, patch, previous-frame path, residual,
+    prediction, attention): the weights only fit the network they were trained in. Its codec comes with it."""
+    if cfg.codec != "pixels":
+        raise InputError("init= brings its own codec (the checkpoint's); leave codec= out")
+    ckpt = load_checkpoint(cfg.init, expect="teacher")
+    check_action_space(ckpt.metadata, action_space)
+    meta = ckpt.metadata
+    model = meta["model"]
+    return ckpt, replace(cfg, model=model.get("size", cfg.model), patch=int(model["patch"]),
+                         stack_prev=bool(model["stack_prev"]), residual=bool(model["residual"]),
+                         prediction=meta["schedule"].get("prediction", cfg.prediction),
+                         attention=meta.get("attention", cfg.attention))
 
 
 def _step_generators(cfg: TrainConfig, rank: int, step: int, device) -> tuple[np.random.Generator, torch.Generator]:
@@ -123,16 +141,30 @@ class Trainer:
             raise InputError(f"unknown model size {cfg.model!r}; choose from {', '.join(MODELS)}")
         if cfg.attention not in ("causal", "bidirectional"):
             raise InputError(f"attention must be causal or bidirectional, got {cfg.attention!r}")
-        self.codec = load_codec(cfg.codec).to(self.device).eval()
+        init, self.init_provenance = None, {}
+        if cfg.init:  # fine-tune: the network, the meaning of its output and the codec are the checkpoint's
+            init, cfg = load_init(cfg, self.recording.action_space)
+            self.cfg = cfg
+            self.init_provenance = {"init": {"path": str(init.path.resolve()), "step": init.metadata["step"],
+                                             "data_sha256": read_header(init.path).get("data_sha256", "")}}
+        self.codec = load_codec(init or cfg.codec).to(self.device).eval()
         C, h, w = self.codec.latent_shape(self.recording.height, self.recording.width)
-        self.model_cfg = DiTConfig(**{**MODELS[cfg.model], "channels": C, "height": h, "width": w,
-                                      "patch": cfg.patch, "action_dim": self.recording.action_space.size,
-                                      "stack_prev": cfg.stack_prev, "residual": cfg.residual})
+        if init is None:
+            self.model_cfg = DiTConfig(**{**MODELS[cfg.model], "channels": C, "height": h, "width": w,
+                                          "patch": cfg.patch, "action_dim": self.recording.action_space.size,
+                                          "stack_prev": cfg.stack_prev, "residual": cfg.residual})
+            self.schedule = NoiseSchedule(prediction=cfg.prediction)
+        else:
+            self.model_cfg = DiTConfig(**{k: v for k, v in init.metadata["model"].items() if k != "size"})
+            self.schedule = NoiseSchedule(**init.metadata["schedule"])
+            m = self.model_cfg
+            if (m.channels, m.height, m.width) != (C, h, w):
+                raise InputError(f"{cfg.init} was trained on latents {m.channels}x{m.height}x{m.width}; the "
+                                 f"frames of {cfg.data} give {C}x{h}x{w}")
         torch.manual_seed(cfg.seed)
         self.net = DiT(self.model_cfg).to(self.device)
         self.ema = DiT(self.model_cfg).to(self.device).requires_grad_(False)
         self.ema.load_state_dict(self.net.state_dict())
-        self.schedule = NoiseSchedule(prediction=cfg.prediction)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
         self.step = 0
@@ -143,6 +175,10 @@ class Trainer:
             self.step, self.history = int(extra["step"]), list(extra.get("history", []))
         elif not cfg.resume and (self.out / "state.safetensors").exists():
             raise InputError(f"{self.out} already holds a run; resume=true continues it, or choose another out=")
+        elif init is not None:  # a fresh fine-tune: network and EMA start from the checkpoint's (EMA) weights
+            weights = {k[len("model."):]: v for k, v in init.tensors.items() if k.startswith("model.")}
+            self.net.load_state_dict(weights)
+            self.ema.load_state_dict(weights)
         train_net = self.net
         if self.distributed:
             train_net = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.index
@@ -215,7 +251,7 @@ class Trainer:
                 "provenance": {"data": str(Path(self.cfg.data).resolve()), "game": rec.game,
                                "episodes": len(rec.episodes), "frames": rec.total_frames,
                                "train_config": asdict(self.cfg), "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "processes": self.world}}
+                               "processes": self.world, **self.init_provenance}}
 
     def save(self) -> None:
         if self.rank != 0:
@@ -233,6 +269,7 @@ def train(cfg: TrainConfig) -> Path:
     if not cfg.steps and not cfg.minutes:
         raise InputError("say how long to train: steps=N or minutes=M")
     trainer = Trainer(cfg)
+    cfg = trainer.cfg  # with init=, the network's settings come from the checkpoint
     cfg_path = trainer.out / "config.json"
     if trainer.rank == 0:
         trainer.out.mkdir(parents=True, exist_ok=True)

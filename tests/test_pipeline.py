@@ -1,0 +1,137 @@
+"""``rollingworld pipeline``: every stage end to end on the smoke budget, skipping, resuming, fine-tuning, errors."""
+import contextlib
+import io
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from runtime.cli import main
+from tests.conftest import assert_one_line_error
+
+STAGES = ("record", "codec", "teacher", "distill", "eval")
+SMOKE = ["game=pong", "budget=smoke", "threads=1", "progress=false"]
+
+
+def pipeline(capsys, *args) -> tuple[int, str]:
+    """``rollingworld pipeline ARGS`` in this process: (exit code, stdout)."""
+    code = main(["pipeline", *args])
+    return code, capsys.readouterr().out
+
+
+def lines_of(out: str, stage: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith(f"stage {stage}:")]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One complete smoke pipeline: (its folder, its stdout)."""
+    out = tmp_path_factory.mktemp("pipeline") / "pong"
+    buf = io.StringIO()  # capsys is per test; a module fixture captures by hand
+    with contextlib.redirect_stdout(buf):
+        code = main(["pipeline", *SMOKE, f"out={out}"])
+    assert code == 0, buf.getvalue()
+    return out, buf.getvalue()
+
+
+def test_smoke_pipeline_runs_every_stage_and_the_student_plays(smoke):
+    from games.recording import Recording
+    from worldmodel.engine import WorldSession
+
+    out, stdout = smoke
+    for stage in STAGES:
+        assert any(line.startswith(f"stage {stage}: done in") for line in lines_of(stdout, stage)), stdout
+        folder = out / ("data" if stage == "record" else stage)
+        assert (folder.parent / f"{folder.name}.complete").exists(), stage
+    for name in ("codec/codec.safetensors", "teacher/teacher.safetensors", "distill/ode.safetensors",
+                 "distill/student.safetensors", "eval/summary.json", "eval/summary.md"):
+        assert (out / name).exists(), name
+    assert "| student:" in stdout and "baseline: repeat last" in stdout  # the summary table is printed
+
+    session = WorldSession.from_checkpoint(out / "distill" / "student.safetensors")
+    assert session.metadata["kind"] == "student" and session.metadata["codec"]["type"] == "conv_ae"
+    session.reset(Recording(out / "data")[0].frames(0, 4), seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        frame = session.step((rng.random(session.action_space.size) < 0.5).astype(np.float32))
+        assert frame.dtype == np.uint8 and frame.shape == (64, 64, 3)
+
+
+def test_rerun_of_a_complete_pipeline_skips_every_stage(smoke, capsys):
+    out, _ = smoke
+    checkpoints = [out / "teacher" / "teacher.safetensors", out / "distill" / "student.safetensors"]
+    before = [p.stat().st_mtime_ns for p in checkpoints]
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}")
+    assert code == 0
+    for stage in STAGES:
+        assert lines_of(stdout, stage) == [f"stage {stage}: already complete, skipped"], stdout
+    assert [p.stat().st_mtime_ns for p in checkpoints] == before
+
+
+def test_a_pipeline_stopped_after_the_teacher_runs_only_the_missing_stages(smoke, capsys, tmp_path):
+    out = tmp_path / "moved"  # a copy elsewhere: its markers still match (paths inside out are relative)
+    shutil.copytree(smoke[0], out)
+    for stage in ("distill", "eval"):
+        shutil.rmtree(out / stage)
+        (out / f"{stage}.complete").unlink()
+    teacher = (out / "teacher" / "teacher.safetensors").read_bytes()
+    # a bad distillation setting is refused before any stage runs
+    code = main(["pipeline", *SMOKE, f"out={out}", "budget.distill.rollout_frames=6"])
+    assert code == 2 and "rollout_frames" in capsys.readouterr().err
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}")
+    assert code == 0, stdout
+    for stage in ("record", "codec", "teacher"):
+        assert lines_of(stdout, stage) == [f"stage {stage}: already complete, skipped"], stdout
+    for stage in ("distill", "eval"):
+        assert lines_of(stdout, stage)[0] == f"stage {stage}: starting in {out / stage}"
+        assert lines_of(stdout, stage)[-1].startswith(f"stage {stage}: done in")
+    assert (out / "teacher" / "teacher.safetensors").read_bytes() == teacher
+    assert (out / "distill" / "student.safetensors").exists() and (out / "eval" / "summary.json").exists()
+
+    # a stage whose folder exists but is not complete is resumed where it stands (resume=true)
+    student = load_file(str(out / "distill" / "student.safetensors"))
+    (out / "distill.complete").unlink()
+    (out / "eval.complete").unlink()
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}")
+    assert code == 0
+    assert lines_of(stdout, "distill")[0] == f"stage distill: resuming in {out / 'distill'}"
+    assert lines_of(stdout, "eval")[-1].startswith("stage eval: done in")
+    resumed = load_file(str(out / "distill" / "student.safetensors"))
+    assert all(torch.equal(student[k], resumed[k]) for k in student)  # its saved state had done every step
+
+
+def test_fine_tune_from_a_recording_and_a_teacher(smoke, capsys, tmp_path):
+    from worldmodel.checkpoint import load_checkpoint
+
+    data, init = smoke[0] / "data", smoke[0] / "teacher" / "teacher.safetensors"
+    short = ["budget.teacher.steps=2", "budget.distill.ode_steps=2", "budget.distill.dmd_steps=1",
+             "budget.eval.stability_ticks=16"]
+    code, stdout = pipeline(capsys, "budget=smoke", "threads=1", "progress=false", f"data={data}", f"init={init}",
+                            f"out={tmp_path}/tuned", *short)
+    assert code == 0, stdout
+    assert lines_of(stdout, "record") == [f"stage record: skipped (data= names the recording {data})"]
+    assert lines_of(stdout, "codec") == ["stage codec: skipped (init= brings its codec)"]
+    assert not (tmp_path / "tuned" / "data").exists() and not (tmp_path / "tuned" / "codec").exists()
+    meta = load_checkpoint(tmp_path / "tuned" / "teacher" / "teacher.safetensors").metadata
+    assert meta["provenance"]["init"]["path"] == str(init.resolve())
+    assert meta["codec"] == load_checkpoint(init).metadata["codec"]
+
+
+def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
+    cases = [(["budget=huge"], ("budget/huge", "smoke")),
+             (["game=tetris"], ("tetris", "pong")),
+             (["budget.teacher.steps=abc"], ("budget.teacher", "steps")),
+             (["+budget.teacher.stepz=3"], ("budget.teacher", "stepz")),
+             (["+budget.distill.out=elsewhere"], ("budget.distill", "out", "pipeline")),
+             (["budget.codec.type=vae"], ("budget.codec.type", "vae")),
+             (["budget.teacher.clip_len=4"], ("clip_len", "window")),
+             ([f"data={tmp_path}/none"], ("none",))]
+    for extra, needles in cases:
+        code = main(["pipeline", "budget=smoke", f"out={tmp_path}/p", *extra])
+        captured = capsys.readouterr()
+        assert code == 2, (extra, captured.err)
+        assert_one_line_error(SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err), *needles)
+    assert not (tmp_path / "p").exists()  # every setting is checked before the first stage writes anything
