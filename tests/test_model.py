@@ -27,7 +27,8 @@ def test_shapes_and_registry():
     x, s, a = _inputs()
     assert m(x, s, a).shape == x.shape
     assert set(MODELS) >= {"tiny", "small", "base"}
-    assert count_params(make_model("small", action_dim=3)) > 20 * count_params(make_model("tiny", action_dim=3))
+    assert count_params(make_model("small", action_dim=3)) > 10 * count_params(make_model("tiny", action_dim=3))
+    assert count_params(make_model("base", action_dim=3)) > 5 * count_params(make_model("small", action_dim=3))
     wide = make_model("tiny", action_dim=3, width=96)
     assert wide(torch.randn(1, 2, 3, 64, 96), torch.rand(1, 2), torch.randn(1, 2, 3)).shape == (1, 2, 3, 64, 96)
 
