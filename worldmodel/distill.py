@@ -42,6 +42,7 @@ from worldmodel.flow import Denoiser, NoiseSchedule
 from worldmodel.model import DiT, DiTConfig, count_params
 from worldmodel.rollout import Rollout
 from worldmodel.sample import load_teacher
+from worldmodel.processes import check_ranks_agree, start_processes
 from worldmodel.train_state import load_train_state, save_train_state
 
 PHASES = ("pairs", "ode", "dmd")
@@ -112,16 +113,8 @@ class Distiller:
     def __init__(self, cfg: DistillConfig):
         self.cfg = cfg
         check_config(cfg)
-        self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-        cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        if self.distributed:
-            dist.init_process_group("nccl" if cuda else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        else:
-            self.rank, self.world = 0, 1
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        procs = self.procs = start_processes(cfg.device, cfg.threads)
+        self.distributed, self.rank, self.world, self.device = procs.distributed, procs.rank, procs.world, procs.device
         self.out = Path(cfg.out)
         self.teacher_model = load_teacher(cfg.teacher, device=self.device)
         self.meta = self.teacher_model.metadata
@@ -360,13 +353,7 @@ class Distiller:
             save_checkpoint(self.out / "student.safetensors", tensors, self.metadata("dmd"))
 
     def check_ranks_agree(self) -> None:
-        digest = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(self.student.parameters())))
-        digests = [None] * self.world
-        dist.all_gather_object(digests, digest)
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"DDP ranks disagree on the student's weights: {digests}")
-        if self.rank == 0:
-            print(f"ranks agree: {self.world} processes hold identical weights (digest {digest:.6f})")
+        check_ranks_agree(self.student, self.procs, "student's weights")
 
 
 def distill(cfg: DistillConfig) -> Path:

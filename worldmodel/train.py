@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from worldmodel.codec import make_codec
 from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
 from worldmodel.flow import Denoiser, NoiseSchedule, flow_matching_loss
 from worldmodel.model import MODELS, DiT, DiTConfig, count_params
+from worldmodel.processes import check_ranks_agree, start_processes
 from worldmodel.train_state import load_train_state, save_train_state
 from worldmodel.train_report import TrainReport
 
@@ -110,16 +110,8 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-        cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        if self.distributed:
-            dist.init_process_group("nccl" if cuda else "gloo")
-            self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        else:
-            self.rank, self.world = 0, 1
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        procs = self.procs = start_processes(cfg.device, cfg.threads)
+        self.distributed, self.rank, self.world, self.device = procs.distributed, procs.rank, procs.world, procs.device
         self.out = Path(cfg.out)
         self._load_data()
         self._build()
@@ -232,14 +224,7 @@ class Trainer:
         return float(np.mean(losses))
 
     def check_ranks_agree(self) -> None:
-        """All processes must hold identical weights after DDP training; says so, or raises."""
-        digest = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(self.net.parameters())))
-        digests = [None] * self.world
-        dist.all_gather_object(digests, digest)
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"DDP ranks disagree on the weights: {digests}")
-        if self.rank == 0:
-            print(f"ranks agree: {self.world} processes hold identical weights (digest {digest:.6f})")
+        check_ranks_agree(self.net, self.procs, "weights")
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def metadata(self) -> dict:

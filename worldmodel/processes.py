@@ -1,0 +1,44 @@
+"""The processes of a training run: one, or several under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Processes:
+    distributed: bool  # started by torchrun with more than one process
+    rank: int
+    world: int
+    device: torch.device
+
+
+def start_processes(device: str = "auto", threads: int = 0) -> Processes:
+    """Join the process group when ``torchrun`` started several processes; pick the device (``auto``: CUDA if
+    there is one, the process's own GPU under torchrun) and torch's thread count (0 = torch's default)."""
+    distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if distributed:
+        dist.init_process_group("nccl" if cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if threads:
+        torch.set_num_threads(threads)
+    return Processes(distributed, rank, world,
+                     torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"))
+
+
+def check_ranks_agree(module: nn.Module, procs: Processes, what: str = "weights") -> None:
+    """All processes must hold identical weights after DDP training; says so on rank 0, or raises."""
+    digest = float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(module.parameters())))
+    digests = [None] * procs.world
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"DDP ranks disagree on the {what}: {digests}")
+    if procs.rank == 0:
+        print(f"ranks agree: {procs.world} processes hold identical weights (digest {digest:.6f})")
