@@ -47,6 +47,10 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]  # name -> tensor, e.g. "model.blocks.0.attn.qkv.weight"
     metadata: dict  # the JSON metadata: kind, model, action_space, codec, schedule, step, provenance, ...
 
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors under ``prefix`` (e.g. "model."), named without it: a module's state dict."""
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
 
 # ---------------------------------------------------------------------------------------------------- file layer
 

@@ -21,6 +21,7 @@ gradients of student and critic are averaged across processes before each optimi
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
 from worldmodel.distill_report import DistillReport
 from worldmodel.dmd import critic_loss, dmd_loss, ode_loss, score_clips, teacher_window
 from worldmodel.flow import Denoiser, NoiseSchedule
-from worldmodel.model import DiT, DiTConfig, count_params
+from worldmodel.model import DiT, count_params
 from worldmodel.rollout import Rollout
 from worldmodel.sample import load_teacher
 from worldmodel.processes import check_ranks_agree, start_processes
@@ -143,16 +144,10 @@ class Distiller:
         self.levels = self.schedule.levels(cfg.window).tolist()
         self.teacher_levels = self.schedule.levels(cfg.ode_teacher_steps).tolist()
         self.dmd_shift = cfg.dmd_shift or schedule.shift
-        model_cfg = DiTConfig(**{k: v for k, v in self.meta["model"].items() if k != "size"})
-        self.model_cfg = model_cfg
-
-        def copy_of_teacher(trainable: bool) -> DiT:
-            net = DiT(model_cfg).to(self.device)
-            net.load_state_dict(teacher.net.state_dict())
-            return net.requires_grad_(trainable)
-
         self.teacher = teacher  # frozen: the real score
-        self.student, self.ema, self.critic = copy_of_teacher(True), copy_of_teacher(False), copy_of_teacher(True)
+        # student, its EMA and the critic all start as the teacher's network
+        self.student, self.ema, self.critic = (copy.deepcopy(teacher.net).requires_grad_(trainable)
+                                               for trainable in (True, False, True))
         self.student_den = Denoiser(self.student, self.schedule)
         self.ema_den = Denoiser(self.ema, self.schedule)
         self.critic_den = Denoiser(self.critic, schedule)

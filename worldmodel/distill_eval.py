@@ -46,18 +46,9 @@ def _model_rows(teacher: str, students: dict[str, str], teacher_steps: int) -> l
     return rows
 
 
-@torch.no_grad()
 def _generate(row: dict, start: np.ndarray, actions: np.ndarray, n: int, seed: int) -> np.ndarray:
-    model = row["model"]
-    codec = model.codec
-    ro = Rollout(model.denoiser, row["levels"].tolist(), row["mode"], row["sink"], row["recent"])
-    lat = codec.encode(torch.from_numpy(start))[None]
-    acts = torch.from_numpy(np.asarray(actions[:n + ro.lookahead], np.float32))[None]
-    frames = ro.run(lat, acts, n, torch.Generator().manual_seed(seed)).frames
-    out = []
-    for i in range(0, n, 256):  # decode in pieces: long sessions
-        out.append(codec.to_uint8(codec.decode(frames[:, i:i + 256]))[0].numpy())
-    return np.concatenate(out)
+    rollout = Rollout(row["model"].denoiser, row["levels"].tolist(), row["mode"], row["sink"], row["recent"])
+    return rollout.generate_uint8(row["model"].codec, start, actions, n, seed)
 
 
 def nearest_real_psnr(frames: np.ndarray, bank: np.ndarray) -> np.ndarray:

@@ -38,12 +38,8 @@ class DistillReport:
 
         real, acts, n = self.clip
         S = self.start_frames
-        device = next(denoiser.parameters()).device
-        start = self.codec.encode(torch.from_numpy(real[:S]).to(device))[None]
-        actions = torch.from_numpy(np.asarray(acts[S:], np.float32)).to(device)[None]
-        result = Rollout(denoiser, levels, "rolling", cfg.sink, cfg.recent).run(
-            start, actions, n, torch.Generator(device=device).manual_seed(0))
-        gen = self.codec.to_uint8(self.codec.decode(result.frames))[0].cpu().numpy()
+        gen = Rollout(denoiser, levels, "rolling", cfg.sink, cfg.recent).generate_uint8(
+            self.codec, real[:S], acts[S:], n)
         truth = real[S:S + n]
         folder = self.out / "samples"
         folder.mkdir(parents=True, exist_ok=True)

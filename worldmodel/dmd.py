@@ -66,9 +66,16 @@ def ode_loss(student: Denoiser, start, inputs, targets, actions, levels: list[fl
         cache = start_cache(student, start, actions.shape[-1], sink, recent)
     sigma = torch.tensor([levels[W - 1 - i] for i in range(W)], device=inputs.device)[None].expand(B, -1)
     pred = cached_pass(student, cache, inputs, sigma, actions)
-    w = change_weight(torch.cat([start[:, -1:], targets], 1), change_strength)[:, 1:] if change_strength > 0 \
-        else torch.ones_like(targets[:, :, :1])
-    return ((pred - targets).pow(2) * w).mean()
+    return _weighted_mse(pred, targets, start[:, -1:], change_strength)
+
+
+def _weighted_mse(pred, target, before, change_strength: float) -> torch.Tensor:
+    """MSE weighted like the teacher's loss: ``1 + change_strength`` where a target frame differs from the one
+    before it (``before`` [B, 1, ...]: the frame preceding the first target)."""
+    if change_strength <= 0:
+        return (pred - target).pow(2).mean()
+    w = change_weight(torch.cat([before, target], 1), change_strength)[:, 1:]
+    return ((pred - target).pow(2) * w).mean()
 
 
 def score_clips(context_frames, context_actions, frames, actions, block: int, n_context: int):
@@ -130,6 +137,4 @@ def critic_loss(critic: Denoiser, ctx, ctx_act, blocks, blk_act, shift: float, t
     eps = torch.randn(blocks.shape, generator=generator, device=blocks.device)
     s = t[:, None, None, None, None]
     pred = _denoise_blocks(critic, ctx, ctx_act, (1 - s) * blocks + s * eps, blk_act, t)
-    w = change_weight(torch.cat([ctx[:, -1:], blocks], 1), change_strength)[:, 1:] if change_strength > 0 \
-        else torch.ones_like(blocks[:, :, :1])
-    return ((pred - blocks).pow(2) * w).mean()
+    return _weighted_mse(pred, blocks, ctx[:, -1:], change_strength)

@@ -94,8 +94,7 @@ class WorldSession:
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
         sink = 0 if cfg.mode == "rolling_nosink" else cfg.sink
         latents = self.codec.encode(torch.from_numpy(frames).to(self.device))[None]  # [1, S, C, h, w]
-        self.cache = start_cache(self.denoiser, latents, self.action_space.size, sink,
-                                 max(cfg.recent, 1 if sink == 0 else 0))
+        self.cache = start_cache(self.denoiser, latents, self.action_space.size, sink, cfg.recent)
         self.window: list[dict] = []  # oldest first: {"x": latent at its level, "level": index, "action": [A]}
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # emitted, not yet re-encoded (fused)
         self.ticks = 0

@@ -134,9 +134,11 @@ def cached_pass(denoiser, cache: KVCache, x, sigma, actions, reencode: bool = Fa
 @torch.no_grad()
 def start_cache(denoiser, start: torch.Tensor, action_dim: int, sink: int, recent: int) -> KVCache:
     """A cache holding the clean start latents [B, S, C, h, w], as ``WorldSession.reset`` fills it: one causal
-    pass at level 0 with no key held; the first ``sink`` frames go to the sink, the rest into the ring."""
+    pass at level 0 with no key held; the first ``sink`` frames go to the sink, the rest into the ring (which
+    keeps at least one slot when there is no sink: the newest frame must be seen)."""
     net = denoiser.net.cfg
     B, S = start.shape[:2]
+    recent = max(recent, 1 if sink == 0 else 0)
     cache = KVCache(net.depth, net.heads, net.dim // net.heads, net.tokens_per_frame, sink, recent,
                     device=start.device, dtype=start.dtype, batch=B)
     noop = torch.zeros(B, S, action_dim, device=start.device)

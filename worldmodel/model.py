@@ -46,6 +46,11 @@ class DiTConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_metadata(cls, model: dict) -> "DiTConfig":
+        """The config a checkpoint's ``model`` metadata describes (its named ``size`` is a label only)."""
+        return cls(**{k: v for k, v in model.items() if k != "size"})
+
 
 # Named sizes. ``small`` is the 64x64 model that must run at >= 30 ticks/s on 2 CPU cores (window 4 + cache):
 # dim 192 since session 3 (dim 256 missed the p99 tick target by ~10%, docs/engine.md); checkpoints carry their

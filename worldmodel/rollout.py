@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from worldmodel.flow import Denoiser
@@ -57,8 +58,7 @@ class Rollout:
             raise ValueError(f"unknown rollout mode {mode!r}; choose from {', '.join(ROLLOUT_MODES)}")
         self.denoiser, self.levels, self.mode = denoiser, [float(s) for s in levels], mode
         self.window = len(levels) - 1
-        self.sink = 0 if mode == "rolling_nosink" else sink
-        self.recent = max(recent, 1 if self.sink == 0 else 0)
+        self.sink, self.recent = (0 if mode == "rolling_nosink" else sink), recent
 
     @property
     def lookahead(self) -> int:
@@ -88,6 +88,18 @@ class Rollout:
         if grad_offset is None:
             return RolloutResult(torch.cat(frames, 1), None, None)
         return RolloutResult(torch.cat(frames, 1), torch.cat(outputs, 1), torch.tensor(levels))
+
+    @torch.no_grad()
+    def generate_uint8(self, codec, start_frames: np.ndarray, actions: np.ndarray, n_frames: int,
+                       seed: int = 0) -> np.ndarray:
+        """``n_frames`` frames uint8 [N, H, W, 3] after the real ``start_frames`` [S, H, W, 3] of one session,
+        ``actions`` [n_frames + lookahead, A] (each frame's action), decoded in pieces (long sessions)."""
+        device = next(self.denoiser.parameters()).device
+        start = codec.encode(torch.from_numpy(start_frames).to(device))[None]
+        acts = torch.from_numpy(np.asarray(actions[:n_frames + self.lookahead], np.float32)).to(device)[None]
+        frames = self.run(start, acts, n_frames, torch.Generator(device=device).manual_seed(seed)).frames
+        return np.concatenate([codec.to_uint8(codec.decode(frames[:, i:i + 256]))[0].cpu().numpy()
+                               for i in range(0, n_frames, 256)])
 
     def _noise(self) -> torch.Tensor:
         return torch.randn(self.shape, generator=self.gen, device=self.device)

@@ -33,14 +33,10 @@ class Teacher:
         return int(self.metadata["provenance"].get("train_config", {}).get("clip_len", 8))
 
 
-def _prefixed(tensors: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
 def codec_from_checkpoint(ckpt):
     """The codec stored in a loaded checkpoint (its config in the metadata, its weights under ``codec.``)."""
     codec = make_codec(ckpt.metadata["codec"])
-    codec.load_state_dict(_prefixed(ckpt.tensors, "codec."))
+    codec.load_state_dict(ckpt.group("codec."))
     return codec
 
 
@@ -50,9 +46,8 @@ def load_teacher(path, device="cpu", action_space=None) -> Teacher:
     meta = ckpt.metadata
     if action_space is not None:
         check_action_space(meta, action_space)
-    model_cfg = {k: v for k, v in meta["model"].items() if k != "size"}
-    net = DiT(DiTConfig(**model_cfg))
-    net.load_state_dict(_prefixed(ckpt.tensors, "model."))
+    net = DiT(DiTConfig.from_metadata(meta["model"]))
+    net.load_state_dict(ckpt.group("model."))
     codec = codec_from_checkpoint(ckpt)
     schedule = NoiseSchedule(**meta["schedule"])
     den = Denoiser(net, schedule).to(device).eval().requires_grad_(False)

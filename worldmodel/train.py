@@ -147,7 +147,7 @@ class Trainer:
                                           "stack_prev": cfg.stack_prev, "residual": cfg.residual})
             self.schedule = NoiseSchedule(prediction=cfg.prediction)
         else:
-            self.model_cfg = DiTConfig(**{k: v for k, v in init.metadata["model"].items() if k != "size"})
+            self.model_cfg = DiTConfig.from_metadata(init.metadata["model"])
             self.schedule = NoiseSchedule(**init.metadata["schedule"])
             m = self.model_cfg
             if (m.channels, m.height, m.width) != (C, h, w):
@@ -168,7 +168,7 @@ class Trainer:
         elif not cfg.resume and (self.out / "state.safetensors").exists():
             raise InputError(f"{self.out} already holds a run; resume=true continues it, or choose another out=")
         elif init is not None:  # a fresh fine-tune: network and EMA start from the checkpoint's (EMA) weights
-            weights = {k[len("model."):]: v for k, v in init.tensors.items() if k.startswith("model.")}
+            weights = init.group("model.")
             self.net.load_state_dict(weights)
             self.ema.load_state_dict(weights)
         train_net = self.net
