@@ -96,8 +96,8 @@ def _generators(cfg: DistillConfig, rank: int, phase: str, step: int, device):
 
 def check_config(cfg: DistillConfig) -> None:
     """An InputError naming the first setting that cannot work (before anything is loaded or written)."""
-    if cfg.window < 1 or cfg.start_frames < 1 or cfg.sink > cfg.start_frames:
-        raise InputError(f"need window >= 1 and 1 <= sink <= start_frames; got window={cfg.window} "
+    if cfg.window < 1 or cfg.start_frames < 1 or not 0 <= cfg.sink <= cfg.start_frames:
+        raise InputError(f"need window >= 1 and 0 <= sink <= start_frames; got window={cfg.window} "
                          f"sink={cfg.sink} start_frames={cfg.start_frames}")
     if cfg.ode_steps and cfg.ode_teacher_steps % cfg.window:
         raise InputError(f"ode_teacher_steps ({cfg.ode_teacher_steps}) must be a multiple of window "

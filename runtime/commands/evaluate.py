@@ -1,0 +1,184 @@
+"""``rollingworld eval ckpt=FILE data=DIR out=DIR``: fidelity, drift, control and speed of one world model.
+
+The sections (``configs/eval.yaml``) run in order; each is written to ``out/parts/<section>.json`` when it finishes,
+so a stopped evaluation loses at most the section it was in, and the same command resumes after the finished ones.
+The report (``report.md``, ``report.json``, PNG plots) is rewritten after every section.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from games.errors import InputError
+
+SECTIONS = ("fidelity", "drift", "control", "speed")
+SCRIPTED_GAMES = ("pong", "maze")  # games with a scripted agent and a control probe
+
+
+def _save_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _bar(total: int, desc: str, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not show, dynamic_ncols=True, mininterval=1.0)
+
+
+def _fidelity(em, rec, cfg, out: Path, show: bool) -> dict:
+    from worldmodel.eval_report import write_strip
+    from worldmodel.evaluate import fidelity, held_out_episodes
+
+    f = cfg.fidelity
+    episodes = held_out_episodes(rec, em.model.metadata)
+    with _bar(int(f.starts) + int(f.teacher_forced), "fidelity", show) as bar:
+        result = fidelity(em, episodes, int(f.starts), int(f.horizon), int(f.teacher_forced), int(cfg.start_frames),
+                          int(cfg.seed), int(f.batch), progress=bar.update)
+    samples = result.pop("samples")
+    write_strip(out / "fidelity-samples.png", samples["real"], samples["generated"])
+    result["episodes"] = [ep.index for ep in episodes]
+    return result
+
+
+def _reference_clips(rec, n_frames: int, clip: int = 300) -> list[np.ndarray]:
+    """Real clips of consecutive frames from every episode in turn, ``n_frames`` in all (Q's reference)."""
+    clips, total, offset = [], 0, 0
+    episodes = [ep for ep in rec if ep.length >= 3]
+    while total < n_frames and episodes:
+        for ep in episodes:
+            s = offset % max(1, ep.length - 3)
+            c = ep.frames(s, min(ep.length, s + clip))
+            if len(c) >= 3:
+                clips.append(c)
+                total += len(c)
+            if total >= n_frames:
+                break
+        offset += clip
+    return clips
+
+
+def _drift(em, rec, cfg, game: str, show: bool) -> dict:
+    from worldmodel.eval_report import write_frames
+    from worldmodel.evaluate import drift_session
+    from worldmodel.quality import FrameQuality
+
+    d = cfg.drift
+    if game not in SCRIPTED_GAMES:
+        return {"skipped": f"no scripted agent plays {game!r} (drift needs one of {', '.join(SCRIPTED_GAMES)})"}
+    quality = FrameQuality(_reference_clips(rec, int(d.reference_frames)))
+    fps = int(em.model.metadata.get("frame", {}).get("fps", rec.fps))
+    with _bar(int(round(float(d.minutes) * 60 * fps)), f"drift session ({d.minutes} min)", show) as bar:
+        result = drift_session(em, quality, game, str(d.agent), float(d.minutes), fps, float(d.block_seconds),
+                               int(d.blocks), int(cfg.start_frames), int(cfg.seed), progress=bar.update)
+    shown = result.pop("frames_shown")
+    write_frames(Path(cfg.out) / "drift-frames.png", shown)
+    return result
+
+
+def _control(em, rec, cfg, game: str, show: bool) -> dict:
+    from games import make_game
+    from runtime.commands.play import WorldSource
+    from worldmodel.engine import WorldSession
+    from games.actions import ActionSpace
+    from worldmodel.probes import ShuffledFrames, control_accuracy, probe_for
+
+    if game not in SCRIPTED_GAMES:
+        return {"skipped": f"no control probe reads {game!r} (probes exist for {', '.join(SCRIPTED_GAMES)})"}
+    meta = em.model.metadata
+    frame = meta.get("frame", {})
+    h, w = int(frame.get("height", 64)), int(frame.get("width", 64))
+    probe, n, seed = probe_for(game, w, h), int(cfg.control.trials), int(cfg.seed)
+    session = WorldSession(em.model.denoiser, em.model.codec, ActionSpace.from_dict(meta["action_space"]),
+                           em.engine_config(), (h, w))
+    session.metadata = meta
+    real_frames = np.concatenate([ep.frames(0, min(ep.length, 500)) for ep in rec])
+    out = {}
+    with _bar(3, "control", show) as bar:
+        for name, source in (("model", WorldSource(session)), ("real_game", make_game(game, width=w, height=h)),
+                             ("chance", ShuffledFrames(real_frames, ActionSpace.from_dict(meta["action_space"]),
+                                                       seed))):
+            out[name] = control_accuracy(source, probe, n, seed)
+            bar.update(1)
+    out["latency_ticks"] = session.latency_ticks
+    return out
+
+
+def _speed(em, cfg, out: Path) -> dict:
+    from runtime.cli import compose
+    from runtime.commands.world import bench
+
+    path = out / "parts" / "bench.json"
+    overrides = [f"ckpt={Path(em.path).resolve()}", f"mode={em.mode}", f"window={em.window}", f"sink={em.sink}",
+                 f"recent={em.recent}", f"teacher_steps={em.teacher_steps}", f"frames={int(cfg.speed.frames)}",
+                 f"compile={str(bool(cfg.speed.compile)).lower()}", f"threads={int(cfg.threads)}",
+                 f"progress={str(bool(cfg.progress)).lower()}", f"json={path}"]
+    bench(compose("bench", overrides))
+    return json.loads(path.read_text())
+
+
+def run(cfg) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from games.recording import Recording
+    from worldmodel.checkpoint import check_action_space
+    from worldmodel.eval_report import write_report
+    from worldmodel.evaluate import EvalModel
+
+    sections = list(cfg.sections)
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise InputError(f"sections must be a list from {', '.join(SECTIONS)}; got {sections}")
+    if not Path(str(cfg.ckpt)).is_file():
+        raise InputError(f"no checkpoint at {cfg.ckpt}")
+    if int(cfg.threads):
+        torch.set_num_threads(int(cfg.threads))
+    rec = Recording(cfg.data)
+    em = EvalModel.load(str(cfg.ckpt), str(cfg.mode), int(cfg.teacher_steps))
+    meta = em.model.metadata
+    check_action_space(meta, rec.action_space)
+    frame = meta.get("frame", {})
+    if "height" in frame and (rec.height, rec.width) != (frame["height"], frame["width"]):
+        raise InputError(f"{cfg.data} holds {rec.width}x{rec.height} frames but the model makes "
+                         f"{frame['width']}x{frame['height']}")
+    game = str(meta.get("provenance", {}).get("game", rec.game))
+    out = Path(cfg.out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    header = {"ckpt": str(Path(cfg.ckpt).resolve()), "data": str(Path(cfg.data).resolve()), "game": game,
+              "mode": em.mode, "model": em.describe(), "threads": torch.get_num_threads(), "seed": int(cfg.seed)}
+    parts_dir = out / "parts"
+    stamp = parts_dir / "header.json"
+    if stamp.exists() and not cfg.fresh:
+        old = json.loads(stamp.read_text())
+        changed = [k for k in ("ckpt", "mode", "seed") if old.get(k) != header[k]]
+        if changed:
+            raise InputError(f"{out} holds an evaluation with other {', '.join(changed)}: choose another out= "
+                             "or fresh=true")
+    _save_json(stamp, header)
+    show = bool(cfg.progress)
+    report = {"header": header}
+    for section in sections:
+        part = parts_dir / f"{section}.json"
+        if part.exists() and not cfg.fresh:
+            report[section] = json.loads(part.read_text())
+            print(f"{section}: finished earlier (kept; fresh=true redoes it)")
+            continue
+        if section == "fidelity":
+            result = _fidelity(em, rec, cfg, out, show)
+        elif section == "drift":
+            result = _drift(em, rec, cfg, game, show)
+        elif section == "control":
+            result = _control(em, rec, cfg, game, show)
+        else:
+            result = _speed(em, cfg, out)
+        _save_json(part, result)
+        report[section] = result
+        write_report(out, report)
+    write_report(out, report)
+    print(f"report: {out / 'report.md'}")
+    return 0

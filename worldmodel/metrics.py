@@ -1,0 +1,48 @@
+"""Image fidelity metrics on batches of uint8 frames: PSNR and SSIM with the data range stated, never guessed.
+
+SSIM follows Wang et al. (2004): local means, variances and covariance under an 11x11 Gaussian window (sigma 1.5),
+constants C1 = (0.01 L)^2 and C2 = (0.03 L)^2 with L the data range, averaged over the valid (unpadded) positions
+and the colour channels. ``data_range`` is a required argument: a library that infers it from the arrays' dtype or
+values silently changes C1 and C2, and with them every score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def psnr_per_frame(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
+    """PSNR in dB of each pair of frames [N, H, W, C] (inf for identical frames)."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    err = (d ** 2).reshape(len(d), -1).mean(1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(data_range ** 2 / err)
+
+
+def _gaussian(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float, window: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """SSIM of each pair of frames [N, H, W, C] (any real dtype), one value per frame in [-1, 1]."""
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"ssim needs two [N, H, W, C] arrays of one shape, got {a.shape} and {b.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(a)).double().permute(0, 3, 1, 2)  # [N, C, H, W]
+    y = torch.from_numpy(np.ascontiguousarray(b)).double().permute(0, 3, 1, 2)
+    C = x.shape[1]
+    g = _gaussian(window, sigma)
+    kernel = (g[:, None] * g[None, :])[None, None].repeat(C, 1, 1, 1)  # [C, 1, k, k]: one per channel
+
+    def blur(t):  # valid positions only: no padding invents pixels at the border
+        return F.conv2d(t, kernel, groups=C)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return s.mean(dim=(1, 2, 3)).numpy()
