@@ -44,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "runtime.commands.world:bench"),
     "sample": ("many-step teacher rollout vs the real game to mp4, with PSNR by horizon",
                "runtime.commands.model:sample"),
+    "eval": ("report on a world model: fidelity, drift over a long session, control, speed (ckpt=FILE data=DIR out=DIR)",
+             "runtime.commands.evaluate:run"),
+    "bundle": ("ship a student in assets/: half-precision weights plus its start frames (ckpt=FILE data=DIR out=FILE)",
+               "runtime.commands.bundle:run"),
 }
 
 # commands that take one plain argument (not key=value) as this setting: ``rollingworld replay FILE``

@@ -328,7 +328,9 @@ class Distiller:
         meta = json.loads(json.dumps(self.meta))
         meta["kind"] = "student"
         meta["schedule"] = self.schedule.to_dict()
-        meta["engine"] = {"window": cfg.window, "sink": cfg.sink, "recent": cfg.recent}
+        # how it plays: trained only frame by frame (the Self-Forcing way) it plays frame by frame
+        mode = "framewise" if cfg.framewise_fraction == 1 else ("rolling" if cfg.sink else "rolling_nosink")
+        meta["engine"] = {"window": cfg.window, "sink": cfg.sink, "recent": cfg.recent, "mode": mode}
         meta["distill"] = {"stage": stage, "ode_steps": self.steps["ode"], "dmd_steps": self.steps["dmd"],
                            "teacher": str(Path(cfg.teacher).resolve()), "config": asdict(cfg),
                            "processes": self.world, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
