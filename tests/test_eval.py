@@ -9,8 +9,8 @@ from worldmodel.metrics import psnr_per_frame, ssim
 
 TINY_EVAL = ["mode=rolling", "fidelity.starts=3", "fidelity.horizon=8", "fidelity.teacher_forced=4",
              "fidelity.batch=3", "drift.minutes=0.1", "drift.block_seconds=0.5", "drift.blocks=3",
-             "drift.reference_frames=120", "control.trials=4", "speed.frames=200", "speed.compile=false",
-             "progress=false"]
+             "drift.reference_frames=120", "drift.compile=false", "control.trials=4", "speed.frames=200",
+             "speed.compile=false", "progress=false"]
 
 
 def test_ssim_is_one_for_equal_frames_and_follows_the_formula_with_the_data_range():
@@ -83,6 +83,11 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("finished earlier") == 4
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.json") if p.name != "header.json"}
+    # a section whose settings changed runs again; the others are kept
+    r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "control.trials=2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("finished earlier (kept") == 3 and "control: finished earlier with other settings" in r.stdout
+    assert json.loads((out / "report.json").read_text())["control"]["model"]["n"] == 2
 
 
 def test_comparison_table_reads_the_reports(tiny, tmp_path):

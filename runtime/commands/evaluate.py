@@ -74,7 +74,8 @@ def _drift(em, rec, cfg, game: str, show: bool) -> dict:
     fps = int(em.model.metadata.get("frame", {}).get("fps", rec.fps))
     with _bar(int(round(float(d.minutes) * 60 * fps)), f"drift session ({d.minutes} min)", show) as bar:
         result = drift_session(em, quality, game, str(d.agent), float(d.minutes), fps, float(d.block_seconds),
-                               int(d.blocks), int(cfg.start_frames), int(cfg.seed), progress=bar.update)
+                               int(d.blocks), int(cfg.start_frames), int(cfg.seed), bool(d.get("compile", False)),
+                               progress=bar.update)
     shown = result.pop("frames_shown")
     write_frames(Path(cfg.out) / "drift-frames.png", shown)
     return result
@@ -121,6 +122,18 @@ def _speed(em, cfg, out: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _section_settings(cfg, section: str) -> dict:
+    """What a section's result depends on besides the checkpoint, mode and seed (a kept part must match)."""
+    from omegaconf import OmegaConf
+
+    own = OmegaConf.to_container(cfg[section]) if section in cfg else {}
+    shared = {"start_frames": int(cfg.start_frames), "teacher_steps": int(cfg.teacher_steps),
+              "data": str(Path(cfg.data).resolve())}
+    if section == "speed":
+        shared["threads"] = int(cfg.threads)
+    return {**own, **shared}
+
+
 def run(cfg) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
@@ -164,10 +177,14 @@ def run(cfg) -> int:
     report = {"header": header}
     for section in sections:
         part = parts_dir / f"{section}.json"
+        settings = _section_settings(cfg, section)
         if part.exists() and not cfg.fresh:
-            report[section] = json.loads(part.read_text())
-            print(f"{section}: finished earlier (kept; fresh=true redoes it)")
-            continue
+            kept = json.loads(part.read_text())
+            if kept.get("settings") == settings:
+                report[section] = kept
+                print(f"{section}: finished earlier (kept; fresh=true redoes it)")
+                continue
+            print(f"{section}: finished earlier with other settings; running it again")
         if section == "fidelity":
             result = _fidelity(em, rec, cfg, out, show)
         elif section == "drift":
@@ -176,6 +193,7 @@ def run(cfg) -> int:
             result = _control(em, rec, cfg, game, show)
         else:
             result = _speed(em, cfg, out)
+        result["settings"] = settings
         _save_json(part, result)
         report[section] = result
         write_report(out, report)
