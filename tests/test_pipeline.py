@@ -1,6 +1,7 @@
 """``rollingworld pipeline``: every stage end to end on the smoke budget, skipping, resuming, fine-tuning, errors."""
 import contextlib
 import io
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ from runtime.cli import main
 from tests.conftest import assert_one_line_error
 
 STAGES = ("record", "codec", "teacher", "distill", "eval")
+SECTIONS = ("fidelity", "drift", "control", "speed")  # of rollingworld eval's report
 SMOKE = ["game=pong", "budget=smoke", "threads=1", "progress=false"]
 
 
@@ -24,6 +26,10 @@ def pipeline(capsys, *args) -> tuple[int, str]:
 
 def lines_of(out: str, stage: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(f"stage {stage}:")]
+
+
+def report_of(out) -> dict:
+    return json.loads((out / "eval" / "report.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +53,18 @@ def test_smoke_pipeline_runs_every_stage_and_the_student_plays(smoke):
         folder = out / ("data" if stage == "record" else stage)
         assert (folder.parent / f"{folder.name}.complete").exists(), stage
     for name in ("codec/codec.safetensors", "teacher/teacher.safetensors", "distill/ode.safetensors",
-                 "distill/student.safetensors", "eval/summary.json", "eval/summary.md"):
+                 "distill/student.safetensors", "eval/report.md", "eval/report.json", "eval/fidelity.png"):
         assert (out / name).exists(), name
-    assert "| student:" in stdout and "baseline: repeat last" in stdout  # the summary table is printed
+    # the eval stage is rollingworld eval of the shipped student with the budget's eval settings
+    report = report_of(out)
+    assert report["header"]["ckpt"] == str(out / "distill" / "student.safetensors")
+    assert report["header"]["mode"] == "rolling" and report["header"]["threads"] == 1
+    assert report["fidelity"]["starts"] == 2 and len(report["fidelity"]["psnr"]) == 8
+    assert report["drift"]["minutes"] == 0.1 and report["control"]["model"]["n"] == 4
+    assert report["speed"]["frames"] == 200 and not report["speed"]["compile"]
+    md = (out / "eval" / "report.md").read_text()
+    assert all(f"## {title}" in md for title in ("Fidelity", "Drift", "Control", "Speed"))
+    assert f"report: {out / 'eval' / 'report.md'}" in stdout and "\n| student | " in stdout  # its table row
 
     session = WorldSession.from_checkpoint(out / "distill" / "student.safetensors")
     assert session.metadata["kind"] == "student" and session.metadata["codec"]["type"] == "conv_ae"
@@ -62,7 +77,8 @@ def test_smoke_pipeline_runs_every_stage_and_the_student_plays(smoke):
 
 def test_rerun_of_a_complete_pipeline_skips_every_stage(smoke, capsys):
     out, _ = smoke
-    checkpoints = [out / "teacher" / "teacher.safetensors", out / "distill" / "student.safetensors"]
+    checkpoints = [out / "teacher" / "teacher.safetensors", out / "distill" / "student.safetensors",
+                   out / "eval" / "report.json"]
     before = [p.stat().st_mtime_ns for p in checkpoints]
     code, stdout = pipeline(capsys, *SMOKE, f"out={out}")
     assert code == 0
@@ -89,16 +105,28 @@ def test_a_pipeline_stopped_after_the_teacher_runs_only_the_missing_stages(smoke
         assert lines_of(stdout, stage)[0] == f"stage {stage}: starting in {out / stage}"
         assert lines_of(stdout, stage)[-1].startswith(f"stage {stage}: done in")
     assert (out / "teacher" / "teacher.safetensors").read_bytes() == teacher
-    assert (out / "distill" / "student.safetensors").exists() and (out / "eval" / "summary.json").exists()
+    assert set(SECTIONS) <= set(report_of(out))
 
-    # a stage whose folder exists but is not complete is resumed where it stands (resume=true)
+    # an evaluation stopped after its drift section continues with the sections it had not finished
+    (out / "eval.complete").unlink()
+    for section in ("control", "speed"):
+        (out / "eval" / "parts" / f"{section}.json").unlink()
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}")
+    assert code == 0, stdout
+    assert lines_of(stdout, "eval")[0] == f"stage eval: resuming in {out / 'eval'}"
+    assert "fidelity: finished earlier (kept" in stdout and "drift: finished earlier (kept" in stdout
+    assert stdout.count("finished earlier") == 2 and set(SECTIONS) <= set(report_of(out))
+
+    # a stage whose folder exists but is not complete is resumed where it stands (resume=true); the student was
+    # written again, so the sections evaluated before are of an earlier student and are not kept
     student = load_file(str(out / "distill" / "student.safetensors"))
     (out / "distill.complete").unlink()
     (out / "eval.complete").unlink()
-    code, stdout = pipeline(capsys, *SMOKE, f"out={out}")
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}", "budget.eval.sections=[fidelity]")
     assert code == 0
     assert lines_of(stdout, "distill")[0] == f"stage distill: resuming in {out / 'distill'}"
     assert lines_of(stdout, "eval")[-1].startswith("stage eval: done in")
+    assert "finished earlier" not in stdout and "fidelity" in report_of(out)
     resumed = load_file(str(out / "distill" / "student.safetensors"))
     assert all(torch.equal(student[k], resumed[k]) for k in student)  # its saved state had done every step
 
@@ -107,11 +135,17 @@ def test_fine_tune_from_a_recording_and_a_teacher(smoke, capsys, tmp_path):
     from worldmodel.checkpoint import load_checkpoint
 
     data, init = smoke[0] / "data", smoke[0] / "teacher" / "teacher.safetensors"
-    short = ["budget.teacher.steps=2", "budget.distill.ode_steps=2", "budget.distill.dmd_steps=1",
-             "budget.eval.stability_ticks=16"]
+    # no DMD steps: the ODE-init student ships and is evaluated
+    short = ["budget.teacher.steps=2", "budget.distill.ode_steps=2", "budget.distill.dmd_steps=0",
+             "budget.eval.sections=[fidelity]", "budget.eval.fidelity.horizon=4"]
     code, stdout = pipeline(capsys, "budget=smoke", "threads=1", "progress=false", f"data={data}", f"init={init}",
                             f"out={tmp_path}/tuned", *short)
     assert code == 0, stdout
+    ode = tmp_path / "tuned" / "distill" / "ode.safetensors"
+    assert f"student: {ode}" in stdout and not (ode.parent / "student.safetensors").exists()
+    report = report_of(tmp_path / "tuned")
+    assert report["header"]["ckpt"] == str(ode) and report["fidelity"]["horizons"] == [1, 2, 3, 4]
+    assert not set(SECTIONS[1:]) & set(report)
     assert lines_of(stdout, "record") == [f"stage record: skipped (data= names the recording {data})"]
     assert lines_of(stdout, "codec") == ["stage codec: skipped (init= brings its codec)"]
     assert not (tmp_path / "tuned" / "data").exists() and not (tmp_path / "tuned" / "codec").exists()
@@ -128,6 +162,10 @@ def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
              (["+budget.distill.out=elsewhere"], ("budget.distill", "out", "pipeline")),
              (["budget.codec.type=vae"], ("budget.codec.type", "vae")),
              (["budget.teacher.clip_len=4"], ("clip_len", "window")),
+             (["budget.eval.drift.minutes=abc"], ("budget.eval.drift.minutes", "number")),
+             (["+budget.eval.drift.minutez=1"], ("budget.eval", "drift.minutez")),
+             (["+budget.eval.ckpt=other.safetensors"], ("budget.eval", "ckpt", "pipeline")),
+             (["budget.eval.sections=[fidelity,beauty]"], ("budget.eval.sections", "speed")),
              ([f"data={tmp_path}/none"], ("none",))]
     for extra, needles in cases:
         code = main(["pipeline", "budget=smoke", f"out={tmp_path}/p", *extra])

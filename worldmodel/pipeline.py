@@ -2,28 +2,29 @@
 
 DESIGN.md "Data flow" as stages, each in its own folder under ``out``:
 
-=========  =========  ===================================================================================
+=========  =========  =======================================================================================
 stage      folder     what it writes
-=========  =========  ===================================================================================
+=========  =========  =======================================================================================
 record     data/      the recording (``games.record``; skipped when ``data=DIR`` names an existing one)
 codec      codec/     ``codec.safetensors`` (``train_codec``; skipped for pixel patches and with ``init=``)
 teacher    teacher/   ``teacher.safetensors`` (``train``; ``init=`` fine-tunes a teacher instead)
 distill    distill/   ``ode.safetensors`` and ``student.safetensors`` (``distill``: ODE init, then DMD)
-eval       eval/      ``summary.json`` and ``summary.md`` (``distill_eval``)
-=========  =========  ===================================================================================
+eval       eval/      ``report.md``, ``report.json``, plots: the shipped student evaluated (``rollingworld eval``)
+=========  =========  =======================================================================================
 
 A stage is **complete** when ``out/<folder>.complete`` exists (beside its folder, not in it: a recording holds
 only its own files): written atomically once the stage returned having
 reached the end of its steps, it holds the stage's settings and seconds. Running the same command again skips
 complete stages and continues an incomplete one (``resume=true``, or the recorder's own resume), so a killed
 pipeline loses only what its running stage had not yet checkpointed. This module runs stages and knows the model
-stages; the recording stage (a game and an agent) is made by ``runtime.commands.pipeline``.
+stages; the two that need the runtime are made by ``runtime.commands.pipeline``: recording (a game and an agent)
+and the evaluation (``rollingworld eval``, whose control probes and bench run the engine as ``play`` does).
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -61,9 +62,13 @@ class Layout:
 
     @property
     def students(self) -> dict[str, Path]:
-        """The distilled checkpoints by row name: the student after ODE init, and after DMD (what ships)."""
+        """The distilled checkpoints: the student after ODE init, and after DMD."""
         return {"ode": self.folder("distill") / "ode.safetensors",
                 "student": self.folder("distill") / "student.safetensors"}
+
+    def shipped(self, dmd_steps: int) -> Path:
+        """The student that ships and is evaluated: after DMD, or after ODE init when the budget has no DMD."""
+        return self.students["student" if dmd_steps else "ode"]
 
 
 @dataclass
@@ -72,15 +77,6 @@ class Stage:
     settings: dict  # what the stage runs with: saved in its marker, compared on a rerun
     run: Callable[[bool], str | None]  # run(resume) -> None once the stage reached its end, else why it stopped
     skip: str = ""  # why the stage does not run at all, e.g. "data= names a recording"
-
-
-@dataclass
-class EvalConfig:
-    """The summary of the distillation (``worldmodel.distill_eval.evaluate_distillation``)."""
-    starts: int = 20  # held-out starts for fidelity by horizon
-    horizons: list[int] = field(default_factory=lambda: [1, 8, 32])  # frames after a start where PSNR is taken
-    stability_ticks: int = 3600  # frames of the long session (realism of its first and last seconds)
-    teacher_stability_ticks: int = 900  # the teacher's long session (16 passes a frame: 16x the students' cost)
 
 
 # ---------------------------------------------------------------------------------------------------- markers
@@ -206,22 +202,3 @@ def distill_stage(cfg) -> Stage:
 
     return Stage("distill", asdict(cfg), run)
 
-
-def eval_stage(layout: Layout, cfg: EvalConfig, seed: int = 0, threads: int = 0) -> Stage:
-    """The summary of the teacher, the ODE-init student and the DMD student against the real game."""
-    def run(resume: bool) -> None:
-        from games.errors import InputError
-        from worldmodel.distill_eval import evaluate_distillation
-
-        students = {name: str(path) for name, path in layout.students.items() if path.exists()}
-        try:
-            evaluate_distillation(str(layout.teacher), students, str(layout.data), layout.folder("eval"),
-                                  starts=cfg.starts, horizons=tuple(cfg.horizons),
-                                  stability_ticks=cfg.stability_ticks, seed=seed, threads=threads,
-                                  teacher_stability_ticks=cfg.teacher_stability_ticks)
-        except ValueError as e:
-            raise InputError(f"eval: {e}") from None
-
-    settings = {**asdict(cfg), "teacher": str(layout.teacher), "data": str(layout.data), "seed": seed,
-                "threads": threads}
-    return Stage("eval", settings, run)
