@@ -91,6 +91,13 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("finished earlier (kept") == 3 and "control: finished earlier with other settings" in r.stdout
     assert json.loads((out / "report.json").read_text())["control"]["model"]["n"] == 2
+    # scoring Q against another reference re-scores the saved session instead of generating it again
+    frames = (out / "parts" / "drift-frames.npz").stat().st_mtime_ns
+    r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "control.trials=2", "drift.reference=real")
+    assert r.returncode == 0, r.stderr
+    assert "drift: finished earlier with other settings" in r.stdout and "drift session" not in r.stderr
+    assert (out / "parts" / "drift-frames.npz").stat().st_mtime_ns == frames
+    assert json.loads((out / "report.json").read_text())["drift"]["reference"] == "real"
 
 
 def test_comparison_table_reads_the_reports(tiny, tmp_path):

@@ -58,7 +58,7 @@ def _plot(out: Path, report: dict) -> None:
             ax.plot(t, q, "o-", label=name.replace("_", " "))
         ax.set_yscale("log")
         ax.set_xlabel("minutes into the session")
-        ax.set_ylabel(f"Q ({drift['quality']}, lower is better)")
+        ax.set_ylabel("Q (FD-pix, lower is better)")
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_title(f"Q over a {drift['minutes']:g}-minute scripted session")
@@ -112,10 +112,11 @@ def markdown(report: dict) -> str:
                       f"by the {drift['agent']} agent's actions on the real game. Q = {drift['quality']} (Frechet "
                       "distance of frame statistics to real frames, `worldmodel/quality.py`; lower is better, real "
                       f"clips score about 1) on {drift['block_frames']}-frame blocks; dDrift = Q(last) - Q(first).", "",
-                      f"| frames | Q first {secs:g} s | Q last {secs:g} s | dDrift |", "|---|---:|---:|---:|"]
+                      f"| frames | Q first {secs:g} s | Q last {secs:g} s | dDrift | spread of Q over the blocks |",
+                      "|---|---:|---:|---:|---:|"]
             for name in ("model", "real", "real_through_codec"):
                 lines.append(f"| {name.replace('_', ' ')} | {_fmt(d[name]['first'])} | {_fmt(d[name]['last'])} | "
-                             f"{_fmt(d[name]['ddrift'])} |")
+                             f"{_fmt(d[name]['ddrift'])} | {_fmt(d[name].get('spread'))} |")
             lines += ["", "![drift](drift.png)", "",
                       "Real game and model, end of the first block and end of the session:", "",
                       "![frames](drift-frames.png)", ""]

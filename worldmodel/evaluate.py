@@ -4,11 +4,13 @@
   frames against the real ones, PSNR and SSIM (data range 255) at every horizon 1..H, beside two trivial baselines
   (repeat the last start frame; the episode's mean frame). **Teacher-forced** next-frame PSNR is horizon 1 from many
   more starts: always real history, one generated frame.
-- **Drift** (``drift_session``): a scripted agent plays the real game for ``minutes``; its actions drive the model
-  from the session's first real frames, through the engine (``engine.WorldSession``: the session a player gets).
-  Q (``quality.FrameQuality``, FD-pix; lower is better) is scored on 5-second blocks spread over the session, the
-  first and the last included, and dDrift = Q(last) - Q(first) (positive: it got worse). The same blocks of the
-  real game, and of the real game passed through the model's codec, are the floors.
+- **Drift** (``drift_session``, ``drift_scores``): a scripted agent plays the real game for ``minutes``; its
+  actions drive the model from the session's first real frames, through the engine (``engine.WorldSession``: the
+  session a player gets). Q (``quality.FrameQuality``, FD-pix; lower is better) is scored on 5-second blocks spread
+  over the session, the first and the last included, and dDrift = Q(last) - Q(first) (positive: it got worse).
+  Q's reference is real frames passed through the model's codec (``reference=codec``): the codec's own loss then
+  scores as real, and Q measures what the world model adds. The same blocks of the real game, raw and through
+  the codec, are scored beside the model's.
 
 Control and speed need the runtime (a frame source, the bench) and live in ``runtime.commands.evaluate``.
 """
@@ -206,12 +208,11 @@ def block_starts(n_frames: int, block: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n_frames - block, max(2, count))})
 
 
-def drift_session(em: EvalModel, quality, game_name: str, agent: str, minutes: float, fps: int,
-                  block_seconds: float = 5.0, blocks: int = 11, start_frames: int = 4, seed: int = 0,
-                  compile: bool = False, progress=None) -> dict:
-    """Q over a scripted session of ``minutes`` in the engine (module docstring); returns the curve of Q by
-    block for the model, the real game and the real game through the codec, dDrift of each, and the frames of the
-    first and the last block's ends for the report."""
+def drift_session(em: EvalModel, game_name: str, agent: str, minutes: float, fps: int, block_seconds: float = 5.0,
+                  blocks: int = 11, start_frames: int = 4, seed: int = 0, compile: bool = False,
+                  progress=None) -> dict:
+    """A scripted session of ``minutes`` in the engine (module docstring). Returns the frames Q is scored on:
+    ``model`` and ``real`` uint8 [blocks, block frames, H, W, 3], and the blocks' start times in seconds."""
     from worldmodel.engine import WorldSession
     from games.actions import ActionSpace
 
@@ -234,21 +235,24 @@ def drift_session(em: EvalModel, quality, game_name: str, agent: str, minutes: f
             gen[t] = f
         if progress and (t + 1) % 100 == 0:
             progress(100)
-    codec = em.model.codec
+    return {"frames": n, "fps": fps, "block_frames": block, "block_seconds": [s / fps for s in starts],
+            "model": np.stack([np.stack([gen[s + i] for i in range(block)]) for s in starts]),
+            "real": np.stack([np.stack([real[S + s + i] for i in range(block)]) for s in starts])}
 
-    def through_codec(clip):
-        with torch.no_grad():
-            return codec.to_uint8(codec.decode(codec.encode(torch.from_numpy(clip)))).numpy()
 
-    curves = {"model": [], "real": [], "real_through_codec": []}
-    for s in starts:
-        g = np.stack([gen[s + i] for i in range(block)])
-        r = np.stack([real[S + s + i] for i in range(block)])
-        curves["model"].append(quality.score(g))
-        curves["real"].append(quality.score(r))
-        curves["real_through_codec"].append(quality.score(through_codec(r)))
-    first_last = {k: {"first": v[0], "last": v[-1], "ddrift": v[-1] - v[0]} for k, v in curves.items()}
-    return {"minutes": minutes, "frames": n, "fps": fps, "block_frames": block, "agent": agent,
-            "block_seconds": [s / fps for s in starts], "q": curves, "drift": first_last, "quality": quality.name,
-            "frames_shown": {"model_first": gen[block - 1], "model_last": gen[n - 1],
-                             "real_first": real[S + block - 1], "real_last": real[S + n - 1]}}
+def through_codec(codec, frames: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Frames uint8 [N, H, W, 3] encoded and decoded by ``codec``: what the model could show at best."""
+    with torch.no_grad():
+        return np.concatenate([codec.to_uint8(codec.decode(codec.encode(torch.from_numpy(frames[i:i + batch]))))
+                               .numpy() for i in range(0, len(frames), batch)])
+
+
+def drift_scores(quality, session: dict, codec) -> dict:
+    """Q of every block of a ``drift_session`` for the model, the real game and the real game through the codec;
+    dDrift = Q(last block) - Q(first block) of each, and the spread (standard deviation) of Q over the blocks: a
+    dDrift inside the spread is noise, not drift."""
+    curves = {"model": [quality.score(b) for b in session["model"]],
+              "real": [quality.score(b) for b in session["real"]],
+              "real_through_codec": [quality.score(through_codec(codec, b)) for b in session["real"]]}
+    return {"q": curves, "drift": {k: {"first": v[0], "last": v[-1], "ddrift": v[-1] - v[0],
+                                       "spread": float(np.std(v))} for k, v in curves.items()}}

@@ -62,23 +62,55 @@ def _reference_clips(rec, n_frames: int, clip: int = 300) -> list[np.ndarray]:
     return clips
 
 
-def _drift(em, rec, cfg, game: str, show: bool) -> dict:
-    from worldmodel.eval_report import write_frames
+def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
+    """The scripted session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
+    changing only how Q is scored does not regenerate ten minutes of frames."""
     from worldmodel.evaluate import drift_session
+
+    d = cfg.drift
+    fps = int(em.model.metadata.get("frame", {}).get("fps", 30))
+    session_settings = {"ckpt": str(Path(em.path).resolve()), "mode": em.mode, "minutes": float(d.minutes),
+                        "agent": str(d.agent), "block_seconds": float(d.block_seconds), "blocks": int(d.blocks),
+                        "start_frames": int(cfg.start_frames), "seed": int(cfg.seed)}
+    path, stamp = out / "parts" / "drift-frames.npz", out / "parts" / "drift-frames.json"
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == session_settings:
+        with np.load(path, allow_pickle=False) as z:
+            saved = {k: z[k] for k in z.files}
+        return {"frames": int(saved["frames"]), "fps": int(saved["fps"]), "block_frames": int(saved["block_frames"]),
+                "block_seconds": saved["block_seconds"].tolist(), "model": saved["model"], "real": saved["real"]}
+    with _bar(int(round(float(d.minutes) * 60 * fps)), f"drift session ({d.minutes} min)", show) as bar:
+        session = drift_session(em, game, str(d.agent), float(d.minutes), fps, float(d.block_seconds),
+                                int(d.blocks), int(cfg.start_frames), int(cfg.seed), bool(d.compile),
+                                progress=bar.update)
+    tmp = path.with_name("drift-frames.tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in session.items()})
+    os.replace(tmp, path)
+    _save_json(stamp, session_settings)
+    return session
+
+
+def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+    from worldmodel.eval_report import write_frames
+    from worldmodel.evaluate import drift_scores, through_codec
     from worldmodel.quality import FrameQuality
 
     d = cfg.drift
     if game not in SCRIPTED_GAMES:
         return {"skipped": f"no scripted agent plays {game!r} (drift needs one of {', '.join(SCRIPTED_GAMES)})"}
-    quality = FrameQuality(_reference_clips(rec, int(d.reference_frames)))
-    fps = int(em.model.metadata.get("frame", {}).get("fps", rec.fps))
-    with _bar(int(round(float(d.minutes) * 60 * fps)), f"drift session ({d.minutes} min)", show) as bar:
-        result = drift_session(em, quality, game, str(d.agent), float(d.minutes), fps, float(d.block_seconds),
-                               int(d.blocks), int(cfg.start_frames), int(cfg.seed), bool(d.get("compile", False)),
-                               progress=bar.update)
-    shown = result.pop("frames_shown")
-    write_frames(Path(cfg.out) / "drift-frames.png", shown)
-    return result
+    if d.reference not in ("codec", "real"):
+        raise InputError(f"drift.reference must be codec or real, got {d.reference!r}")
+    session = _drift_frames(em, cfg, game, out, show)
+    clips = _reference_clips(rec, int(d.reference_frames))
+    if d.reference == "codec":
+        clips = [through_codec(em.model.codec, c) for c in clips]
+    quality = FrameQuality(clips)
+    result = drift_scores(quality, session, em.model.codec)
+    write_frames(out / "drift-frames.png", {"real_first": session["real"][0][-1], "real_last": session["real"][-1][-1],
+                                            "model_first": session["model"][0][-1],
+                                            "model_last": session["model"][-1][-1]})
+    return {"minutes": float(d.minutes), "agent": str(d.agent), "reference": str(d.reference),
+            "quality": f"{quality.name} against real frames{' through the codec' if d.reference == 'codec' else ''}",
+            **{k: session[k] for k in ("frames", "fps", "block_frames", "block_seconds")}, **result}
 
 
 def _control(em, rec, cfg, game: str, show: bool) -> dict:
@@ -188,7 +220,7 @@ def run(cfg) -> int:
         if section == "fidelity":
             result = _fidelity(em, rec, cfg, out, show)
         elif section == "drift":
-            result = _drift(em, rec, cfg, game, show)
+            result = _drift(em, rec, cfg, game, out, show)
         elif section == "control":
             result = _control(em, rec, cfg, game, show)
         else:
