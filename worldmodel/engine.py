@@ -53,6 +53,7 @@ class WorldSession:
         self.net = denoiser.net
         self.device = next(denoiser.parameters()).device
         self.frame_size = frame_size  # (H, W) of frames; None = whatever the first reset gets
+        self.start_frames: np.ndarray | None = None  # uint8 [K, S, H, W, 3]: starts stored in the checkpoint
         steps = cfg.teacher_steps if cfg.mode == "teacher" else cfg.window
         schedule = denoiser.schedule
         if cfg.shift is not None:
@@ -64,15 +65,23 @@ class WorldSession:
 
     @classmethod
     def from_checkpoint(cls, path, cfg: EngineConfig | None = None, device="cpu") -> "WorldSession":
-        """A session over the world model in the checkpoint ``path`` (teacher or student)."""
+        """A session over the world model in the checkpoint ``path`` (teacher or student), with the start frames
+        it holds (a bundled model's ``start.frames``) as ``start_frames``."""
         from worldmodel.sample import load_teacher
         from games.actions import ActionSpace as Space
+        from worldmodel.checkpoint import CheckpointError, load_checkpoint
 
         model = load_teacher(path, device=device)
         frame = model.metadata.get("frame", {})
         size = (frame["height"], frame["width"]) if "height" in frame else None
         session = cls(model.denoiser, model.codec, Space.from_dict(model.metadata["action_space"]), cfg, size)
         session.metadata = model.metadata
+        start = load_checkpoint(path).group("start.").get("frames")  # a bundled model's start frames
+        if start is not None:
+            if start.dtype != torch.uint8 or start.ndim != 5 or start.shape[-1] != 3:
+                raise CheckpointError(f"{path}: start.frames should be uint8 [K, S, H, W, 3], "
+                                      f"not {start.dtype} {tuple(start.shape)}")
+            session.start_frames = start.numpy()
         return session
 
     # -- public API -------------------------------------------------------------------------------------------------

@@ -1,17 +1,32 @@
 """``rollingworld play ckpt=FILE``: play a world model in a window at a fixed tick.
 
-``compare=true`` puts the real game beside it (``runtime.compare``); ``record=FILE.mp4`` saves the frames shown
-and a JSONL sidecar that ``rollingworld replay`` regenerates them from (``runtime.session_record``).
+Without ``ckpt`` it plays the model bundled for ``game`` (``assets/<game>.safetensors``, made by
+``rollingworld bundle``). A session starts from the start frames stored in the checkpoint, else from its game's
+start screen. ``compare=true`` puts the real game beside it (``runtime.compare``); ``record=FILE.mp4`` saves the
+frames shown and a JSONL sidecar that ``rollingworld replay`` regenerates them from (``runtime.session_record``).
 """
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from games.errors import InputError
 from runtime.compare import CompareSource
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the bundled models, beside the packages (not the cwd)
+
+
+def bundled_checkpoint(game: str) -> Path:
+    """``assets/<game>.safetensors``: the world model bundled for ``game``, or an InputError naming those there are."""
+    path = ASSETS / f"{game}.safetensors"
+    if not path.is_file():
+        have = sorted(p.stem for p in ASSETS.glob("*.safetensors"))
+        raise InputError(f"no world model is bundled for {game!r} (bundled: {', '.join(have) or 'none'}; "
+                         f"in {ASSETS}): give ckpt=FILE")
+    return path
 
 
 def load_session(ckpt, engine_cfg, threads: int):
@@ -39,7 +54,8 @@ def checkpoint_game(session):
 
 
 class WorldSource:
-    """A world model as a frame source for the play loop: ``reset(seed)`` starts from the game's start screen."""
+    """A world model as a frame source for the play loop: ``reset(seed)`` starts from the start frames stored in
+    the checkpoint, else from its game's start screen."""
 
     def __init__(self, session):
         self.session = session
@@ -62,12 +78,18 @@ class WorldSource:
         return self.session.latency_ticks
 
     def reset(self, seed: int, start_seed: int | None = None) -> np.ndarray:
-        """Start from the game's start screen of ``start_seed`` (default ``seed``), sampling noise from ``seed``."""
-        if self._game is None:
-            raise InputError(f"the checkpoint's game {self.game_name!r} is not one of ours, so it has no start "
-                             "screen: use rollingworld dream start=IMAGE")
+        """Start from start ``start_seed`` (default ``seed``), sampling noise from ``seed``: the checkpoint's stored
+        start sequence ``start_seed % K``, else the game's start screen of ``start_seed``."""
+        from runtime.commands.world import stored_start
+
+        pick = seed if start_seed is None else start_seed
+        start = stored_start(self.session, pick)
+        if start is None:
+            if self._game is None:
+                raise InputError(f"the checkpoint's game {self.game_name!r} is not one of ours and it holds no start "
+                                 "frames (rollingworld bundle stores them): use rollingworld dream start=IMAGE")
+            start = self._game.reset(pick)
         self.t = 0
-        start = self._game.reset(seed if start_seed is None else start_seed)
         cfg = self.session.cfg
         if cfg.compile and cfg.mode.startswith("rolling") and not self.session.compiled:
             print("compiling the world model's tick (about a minute the first time, seconds once cached; "
@@ -107,7 +129,8 @@ def run(cfg) -> int:
 
     if cfg.record and not str(cfg.record).endswith(".mp4"):
         raise InputError(f"record= takes an .mp4 path (the JSONL sidecar goes beside it), got {cfg.record}")
-    source = build_source(cfg.ckpt, _engine_config(cfg), int(cfg.threads), bool(cfg.compare))
+    ckpt = cfg.ckpt or bundled_checkpoint(cfg.game.name if cfg.game.name != "gym" else f"gym:{cfg.game.env_id}")
+    source = build_source(ckpt, _engine_config(cfg, ckpt), int(cfg.threads), bool(cfg.compare))
     agent = _agent(cfg.agent, source, int(cfg.seed))
     recorder = None
     if cfg.record:
@@ -115,7 +138,7 @@ def run(cfg) -> int:
 
         from runtime.session_record import SessionRecorder, session_header
 
-        header = session_header(cfg.ckpt, source.session, int(cfg.seed), torch.get_num_threads(),
+        header = session_header(ckpt, source.session, int(cfg.seed), torch.get_num_threads(),
                                 bool(cfg.compare), cfg.record)
         source = recorder = SessionRecorder(source, cfg.record, header)
     loop_cfg = cfg.copy()

@@ -19,16 +19,38 @@ def _torch(threads: int):
     return torch
 
 
-def _engine_config(cfg):
+def _engine_config(cfg, ckpt=None):
+    """The engine settings of ``cfg`` for the checkpoint ``ckpt`` (default ``cfg.ckpt``). ``mode``, ``window``,
+    ``sink`` and ``recent`` left null are those it was distilled with (its ``engine`` metadata), else
+    ``EngineConfig``'s."""
     from worldmodel.engine import EngineConfig
 
-    return EngineConfig(mode=cfg.mode, window=int(cfg.window), sink=int(cfg.sink), recent=int(cfg.recent),
-                        teacher_steps=int(cfg.teacher_steps), fuse_reencode=bool(cfg.get("fuse_reencode", True)),
-                        compile=bool(cfg.get("compile", False)))
+    ckpt = cfg.get("ckpt") if ckpt is None else ckpt
+    given = {key: cfg.get(key) for key in ("window", "sink", "recent")}
+    stored = {}
+    if ckpt and (None in given.values() or cfg.get("mode") is None):  # read the header only: the weights are loaded once, with these settings
+        from worldmodel.checkpoint import FORMAT, VERSION, parse_metadata, read_header
+
+        stored = parse_metadata(ckpt, read_header(ckpt), FORMAT, VERSION, "checkpoint").get("engine") or {}
+    layout = {key: int(value if value is not None else stored.get(key, getattr(EngineConfig, key)))
+            for key, value in given.items()}
+    mode = cfg.get("mode") or stored.get("mode", EngineConfig.mode)  # a student plays as it was trained
+    return EngineConfig(mode=str(mode), **layout, teacher_steps=int(cfg.teacher_steps),
+                        fuse_reencode=bool(cfg.get("fuse_reencode", True)), compile=bool(cfg.get("compile", False)))
+
+
+def stored_start(session, seed: int) -> np.ndarray | None:
+    """Start ``seed % K`` of the K start sequences stored in the session's checkpoint (uint8 [S, H, W, 3]: a
+    bundled model's), or None when it holds none."""
+    frames = session.start_frames
+    return None if frames is None else frames[int(seed) % len(frames)]
 
 
 def _start_frames(session, start: str, seed: int) -> np.ndarray:
     if start == "game":
+        stored = stored_start(session, seed)
+        if stored is not None:
+            return stored
         from games import make_game
 
         game_name = session.metadata["provenance"].get("game")
@@ -36,7 +58,8 @@ def _start_frames(session, start: str, seed: int) -> np.ndarray:
         try:
             game = make_game(game_name, width=w, height=h)
         except InputError:
-            raise InputError(f"the checkpoint's game {game_name!r} is not one of ours: give start=IMAGE") from None
+            raise InputError(f"the checkpoint's game {game_name!r} is not one of ours and it holds no start frames "
+                             "(rollingworld bundle stores them): give start=IMAGE") from None
         return game.reset(seed)
     from PIL import Image, UnidentifiedImageError
 
@@ -88,7 +111,7 @@ def dream(cfg) -> int:
         for action in tqdm(actions, unit="frame", desc="dream"):
             video.write(session.step(action))
     dt = time.perf_counter() - t0
-    print(f"wrote {cfg.out}: {frames} frames, mode {cfg.mode}, {frames / dt:.1f} frames/s")
+    print(f"wrote {cfg.out}: {frames} frames, mode {session.cfg.mode}, {frames / dt:.1f} frames/s")
     return 0
 
 
@@ -182,8 +205,9 @@ def bench(cfg) -> int:
     fps_end = 1000 / tick_ms[-100:].mean()
     p50 = float(np.percentile(tick_ms, 50))
     result = {
-        "model": what, "parameters": count_params(session.net), "mode": cfg.mode, "window": int(cfg.window),
-        "sink": int(cfg.sink), "recent": int(cfg.recent), "fuse_reencode": bool(session.cfg.fuse_reencode),
+        "model": what, "parameters": count_params(session.net), "mode": session.cfg.mode,
+        "window": session.cfg.window,
+        "sink": session.cfg.sink, "recent": session.cfg.recent, "fuse_reencode": bool(session.cfg.fuse_reencode),
         "compile": bool(session.cfg.compile), "threads": torch.get_num_threads(),
         "busy_cores": int(cfg.busy_cores), "frames": frames,
         "startup_s": startup_s,

@@ -1,0 +1,108 @@
+"""``rollingworld bundle ckpt=FILE data=DIR out=FILE``: ship a student in ``assets/``.
+
+A bundled model is one checkpoint file that plays on its own:
+
+- ``model.``: the denoiser's weights in ``dtype`` (float16: half the size; loading casts them back to float32);
+- ``codec.``: the codec as it was, in float32 (tens of thousands of parameters: halving them saves little and
+  rounds every decoded pixel);
+- ``start.frames`` uint8 [K, S, H, W, 3]: the first S real frames of K episodes of the recording. A session starts
+  from start ``seed % K`` (``play``, ``dream``, ``bench``), so the model needs neither its game's code nor a
+  recording. S is the number of start frames it was distilled with.
+
+``metadata["bundle"]`` says what it was made from (checkpoint and its sha256, recording, episodes, dtype, date).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from games.errors import InputError
+
+DTYPES = ("float16", "bfloat16", "float32")
+START_FRAMES = 4  # start frames of a sequence when the checkpoint does not say (DistillConfig.start_frames)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_fits(meta: dict, rec, data) -> None:
+    """An InputError unless the recording ``rec`` shows the checkpoint's game at its frame size and controls."""
+    from worldmodel.checkpoint import CheckpointError, check_action_space
+
+    game = meta["provenance"].get("game")
+    if game is not None and rec.game != game:
+        raise InputError(f"{data} is a recording of {rec.game!r}, the checkpoint's game is {game!r}")
+    frame = meta.get("frame", {})
+    want = (frame.get("height"), frame.get("width"))
+    if None not in want and (rec.height, rec.width) != tuple(want):
+        raise InputError(f"{data} has {rec.width}x{rec.height} frames, the checkpoint makes {want[1]}x{want[0]}")
+    try:
+        check_action_space(meta, rec.action_space)
+    except CheckpointError as e:
+        raise InputError(f"{data} does not fit the checkpoint: {e}") from None
+
+
+def start_frames(rec, starts: int, length: int) -> tuple[np.ndarray, list[int]]:
+    """The first ``length`` frames of each of the first ``starts`` episodes of ``rec`` that are that long:
+    uint8 [K, S, H, W, 3] with K <= starts, and the indices of those episodes."""
+    chosen = [ep for ep in rec if ep.length >= length][:starts]
+    if not chosen:
+        raise InputError(f"{rec.root} has no episode of at least {length} frames to start from")
+    return np.stack([ep.frames(0, length) for ep in chosen]), [ep.index for ep in chosen]
+
+
+def _file_bytes(tensors: dict, metadata: dict) -> int:
+    """An upper bound of the safetensors file's size: the tensors' bytes plus a generous header."""
+    data = sum(t.numel() * t.element_size() for t in tensors.values())
+    header = 2 * len(json.dumps(metadata)) + sum(len(name) + 160 for name in tensors) + 1024
+    return data + header
+
+
+def run(cfg) -> int:
+    import torch
+
+    from games.recording import Recording
+    from worldmodel.checkpoint import load_checkpoint, save_checkpoint
+
+    if cfg.dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    if int(cfg.starts) < 1:
+        raise InputError(f"starts must be at least 1, got {cfg.starts}")
+    source = Path(str(cfg.ckpt))
+    ckpt = load_checkpoint(source)
+    meta = ckpt.metadata
+    rec = Recording(cfg.data)
+    _check_fits(meta, rec, cfg.data)
+    distilled = meta.get("distill", {}).get("config", {})
+    length = int(cfg.start_frames or distilled.get("start_frames", START_FRAMES))
+    least = max(int(meta.get("engine", {}).get("sink", 1)), 1)  # the sink is filled from the start frames
+    if length < least:
+        raise InputError(f"start_frames must be at least {least} (the checkpoint's sink frames), got {length}")
+    frames, episodes = start_frames(rec, int(cfg.starts), length)
+
+    dtype = getattr(torch, cfg.dtype)
+    tensors = {name: t.to(dtype) if name.startswith("model.") and t.is_floating_point() else t
+               for name, t in ckpt.tensors.items() if not name.startswith("start.")}  # a re-bundle replaces them
+    tensors["start.frames"] = torch.from_numpy(np.ascontiguousarray(frames))  # [K, S, H, W, 3] uint8
+    meta = {**meta, "bundle": {
+        "source": str(source.resolve()), "source_sha256": _sha256(source), "dtype": cfg.dtype,
+        "data": str(Path(str(cfg.data)).resolve()), "game": rec.game, "start_episodes": episodes,
+        "start_frames": length, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
+    size = _file_bytes(tensors, meta)
+    if size >= float(cfg.max_mb) * 1e6:
+        raise InputError(f"{cfg.out} would be {size / 1e6:.1f} MB, more than max_mb={cfg.max_mb}: use a smaller "
+                         "dtype or fewer starts, or raise max_mb")
+    out = save_checkpoint(cfg.out, tensors, meta)
+    note = f" (the recording has {len(episodes)} episode(s) long enough)" if len(episodes) < int(cfg.starts) else ""
+    print(f"wrote {out}: {out.stat().st_size / 1e6:.2f} MB (from {source.stat().st_size / 1e6:.2f} MB), "
+          f"denoiser {cfg.dtype}, codec as trained, {len(episodes)} starts of {length} frames{note}")
+    return 0
