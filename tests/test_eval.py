@@ -104,11 +104,12 @@ def test_comparison_table_reads_the_reports(tiny, tmp_path):
     from worldmodel.eval_report import comparison_table
 
     report = {"speed": {"fps": 50.0, "latency_ms": 70.0}, "fidelity": {"psnr": list(np.linspace(30, 20, 64))},
-              "drift": {"drift": {"model": {"first": 2.0, "last": 2.5, "ddrift": 0.5}}},
+              "drift": {"drift": {"model": {"first": 2.0, "last": 2.5, "ddrift": 0.5}},
+                        "q": {"model": [2.0, 3.5, 2.5]}},
               "control": {"model": {"accuracy": 0.9}}}
     table = comparison_table({"full": report, "empty": {}})
-    assert "| full | 50.0 | 70 | 30.00 / " in table and "0.50 (2.00 -> 2.50)" in table and "90.0%" in table
-    assert "| empty | n/a | n/a | n/a / n/a / n/a | n/a | n/a |" in table
+    assert "| full | 50.0 | 70 | 30.00 / " in table and "0.50 (2.00 -> 2.50) | 2.67 | 90.0% |" in table
+    assert "| empty | n/a | n/a | n/a / n/a / n/a | n/a | n/a | n/a |" in table
 
 
 @pytest.mark.parametrize("override, needles", [

@@ -158,15 +158,17 @@ def table_row(name: str, report: dict) -> str:
     psnr = [_fmt(fid["psnr"][h - 1]) if fid and h <= len(fid["psnr"]) else "n/a" for h in TABLE_HORIZONS]
     dd = drift.get("drift", {}).get("model", {})
     q = f"{_fmt(dd.get('ddrift'))} ({_fmt(dd.get('first'))} -> {_fmt(dd.get('last'))})" if dd else "n/a"
+    curve = drift.get("q", {}).get("model")
+    q_mean = _fmt(float(np.mean(curve))) if curve else "n/a"
     acc = _pct(ctl["model"]["accuracy"]) if "model" in ctl else "n/a"
     return (f"| {name} | {_fmt(spd.get('fps'), 1)} | {_fmt(spd.get('latency_ms'), 0)} | "
-            f"{' / '.join(psnr)} | {q} | {acc} |")
+            f"{' / '.join(psnr)} | {q} | {q_mean} | {acc} |")
 
 
 def comparison_table(rows: dict[str, dict]) -> str:
     """Markdown table of several reports (name -> report.json contents)."""
-    lines = ["| model | fps | latency (ms) | PSNR h1 / h8 / h32 | dDrift (Q first -> last) | control |",
-             "|---|---:|---:|---|---|---:|"]
+    lines = ["| model | fps | latency (ms) | PSNR h1 / h8 / h32 | dDrift (Q first -> last) | Q mean over the session "
+             "| control |", "|---|---:|---:|---|---|---:|---:|"]
     return "\n".join(lines + [table_row(name, r) for name, r in rows.items()])
 
 
