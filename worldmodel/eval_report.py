@@ -112,11 +112,12 @@ def markdown(report: dict) -> str:
                       f"by the {drift['agent']} agent's actions on the real game. Q = {drift['quality']} (Frechet "
                       "distance of frame statistics to real frames, `worldmodel/quality.py`; lower is better, real "
                       f"clips score about 1) on {drift['block_frames']}-frame blocks; dDrift = Q(last) - Q(first).", "",
-                      f"| frames | Q first {secs:g} s | Q last {secs:g} s | dDrift | spread of Q over the blocks |",
-                      "|---|---:|---:|---:|---:|"]
+                      f"| frames | Q first {secs:g} s | Q last {secs:g} s | dDrift | Q mean over the blocks | spread |",
+                      "|---|---:|---:|---:|---:|---:|"]
             for name in ("model", "real", "real_through_codec"):
                 lines.append(f"| {name.replace('_', ' ')} | {_fmt(d[name]['first'])} | {_fmt(d[name]['last'])} | "
-                             f"{_fmt(d[name]['ddrift'])} | {_fmt(d[name].get('spread'))} |")
+                             f"{_fmt(d[name]['ddrift'])} | {_fmt(float(np.mean(drift['q'][name])))} | "
+                             f"{_fmt(d[name].get('spread'))} |")
             lines += ["", "![drift](drift.png)", "",
                       "Real game and model, end of the first block and end of the session:", "",
                       "![frames](drift-frames.png)", ""]
