@@ -138,5 +138,12 @@ def test_other_settings_in_a_used_folder_are_refused(cli, tiny, tmp_path):
     out = tmp_path / "ev"
     r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "sections=[control]")
     assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert "control" in report and "fidelity" not in report
+    # asking for one more section keeps the finished one in the report
+    r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "sections=[fidelity]")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert "control" in report and "fidelity" in report and "control: finished earlier" not in r.stdout
     r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "sections=[control]", "mode=framewise")
     assert_one_line_error(r, "fresh=true")

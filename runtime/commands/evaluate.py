@@ -207,16 +207,20 @@ def run(cfg) -> int:
     _save_json(stamp, header)
     show = bool(cfg.progress)
     report = {"header": header}
-    for section in sections:
+    for section in SECTIONS:
         part = parts_dir / f"{section}.json"
         settings = _section_settings(cfg, section)
         if part.exists() and not cfg.fresh:
             kept = json.loads(part.read_text())
             if kept.get("settings") == settings:
                 report[section] = kept
-                print(f"{section}: finished earlier (kept; fresh=true redoes it)")
-                continue
-            print(f"{section}: finished earlier with other settings; running it again")
+                if section in sections:
+                    print(f"{section}: finished earlier (kept; fresh=true redoes it)")
+                continue  # a section not asked for still shows in the report when it was made with these settings
+            if section in sections:
+                print(f"{section}: finished earlier with other settings; running it again")
+        if section not in sections:
+            continue
         if section == "fidelity":
             result = _fidelity(em, rec, cfg, out, show)
         elif section == "drift":
