@@ -77,6 +77,11 @@ def _pct(x, digits: int = 1) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.{digits}f}%"
 
 
+def _heading(title: str, part: dict) -> list[str]:
+    """A section's heading, and why it was skipped if it was (a game without a scripted agent or a probe)."""
+    return [f"## {title}", ""] + ([f"Skipped: {part['skipped']}.", ""] if "skipped" in part else [])
+
+
 def markdown(report: dict) -> str:
     h = report["header"]
     lines = [f"# Evaluation of `{Path(h['ckpt']).name}`", "",
@@ -103,10 +108,8 @@ def markdown(report: dict) -> str:
                   "![samples](fidelity-samples.png)", ""]
     drift = report.get("drift")
     if drift:
-        lines += ["## Drift over a long session", ""]
-        if "skipped" in drift:
-            lines += [f"Skipped: {drift['skipped']}.", ""]
-        else:
+        lines += _heading("Drift over a long session", drift)
+        if "skipped" not in drift:
             d, secs = drift["drift"], drift["block_frames"] / drift["fps"]
             lines += [f"A {drift['minutes']:g}-minute session ({drift['frames']} frames at {drift['fps']} fps) driven "
                       f"by the {drift['agent']} agent's actions on the real game. Q = {drift['quality']} (Frechet "
@@ -123,10 +126,8 @@ def markdown(report: dict) -> str:
                       "![frames](drift-frames.png)", ""]
     ctl = report.get("control")
     if ctl:
-        lines += ["## Control", ""]
-        if "skipped" in ctl:
-            lines += [f"Skipped: {ctl['skipped']}.", ""]
-        else:
+        lines += _heading("Control", ctl)
+        if "skipped" not in ctl:
             lines += [f"The probe reads each action's effect from the frames (`worldmodel/probes.py`); the model's "
                       f"effect is read {ctl['latency_ticks']} tick(s) after the key.", "",
                       "| source | accuracy | decided / trials | by action |", "|---|---:|---:|---|"]
