@@ -71,17 +71,18 @@ class WorldSession:
         from games.actions import ActionSpace as Space
         from worldmodel.checkpoint import CheckpointError, load_checkpoint
 
-        model = load_teacher(path, device=device)
+        ckpt = load_checkpoint(path, device=device)  # read once: the model and the start frames
+        model = load_teacher(ckpt, device=device)
         frame = model.metadata.get("frame", {})
         size = (frame["height"], frame["width"]) if "height" in frame else None
         session = cls(model.denoiser, model.codec, Space.from_dict(model.metadata["action_space"]), cfg, size)
         session.metadata = model.metadata
-        start = load_checkpoint(path).group("start.").get("frames")  # a bundled model's start frames
+        start = ckpt.group("start.").get("frames")  # a bundled model's start frames
         if start is not None:
             if start.dtype != torch.uint8 or start.ndim != 5 or start.shape[-1] != 3:
                 raise CheckpointError(f"{path}: start.frames should be uint8 [K, S, H, W, 3], "
                                       f"not {start.dtype} {tuple(start.shape)}")
-            session.start_frames = start.numpy()
+            session.start_frames = start.cpu().numpy()
         return session
 
     # -- public API -------------------------------------------------------------------------------------------------

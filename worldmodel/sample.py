@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldmodel.checkpoint import check_action_space, load_checkpoint
+from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint
 from worldmodel.codec import make_codec
 from worldmodel.flow import Denoiser, NoiseSchedule, sample_next_frame
 from worldmodel.model import DiT, DiTConfig
@@ -41,8 +41,9 @@ def codec_from_checkpoint(ckpt):
 
 
 def load_teacher(path, device="cpu", action_space=None) -> Teacher:
-    """The teacher in ``path``; with ``action_space``, a CheckpointError unless it matches the checkpoint's."""
-    ckpt = load_checkpoint(path, device=device)
+    """The teacher in ``path`` (a file, or a ``Checkpoint`` already read); with ``action_space``, a CheckpointError
+    unless it matches the checkpoint's."""
+    ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, device=device)
     meta = ckpt.metadata
     if action_space is not None:
         check_action_space(meta, action_space)

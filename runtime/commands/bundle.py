@@ -13,7 +13,6 @@ A bundled model is one checkpoint file that plays on its own:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,14 +23,6 @@ from games.errors import InputError
 
 DTYPES = ("float16", "bfloat16", "float32")
 START_FRAMES = 4  # start frames of a sequence when the checkpoint does not say (DistillConfig.start_frames)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_fits(meta: dict, rec, data) -> None:
@@ -71,6 +62,7 @@ def run(cfg) -> int:
     import torch
 
     from games.recording import Recording
+    from runtime.session_record import file_sha256
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 
     if cfg.dtype not in DTYPES:
@@ -94,7 +86,7 @@ def run(cfg) -> int:
                for name, t in ckpt.tensors.items() if not name.startswith("start.")}  # a re-bundle replaces them
     tensors["start.frames"] = torch.from_numpy(np.ascontiguousarray(frames))  # [K, S, H, W, 3] uint8
     meta = {**meta, "bundle": {
-        "source": str(source.resolve()), "source_sha256": _sha256(source), "dtype": cfg.dtype,
+        "source": str(source.resolve()), "source_sha256": file_sha256(source), "dtype": cfg.dtype,
         "data": str(Path(str(cfg.data)).resolve()), "game": rec.game, "start_episodes": episodes,
         "start_frames": length, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
     size = _file_bytes(tensors, meta)
