@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import inspect
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from games.agents import make_agent
 from games.base import Game
-from games.errors import InputError
+from games.data.errors import InputError
 from games.maze import Maze
 from games.pong import Pong
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from games.base import Game
-from games.errors import InputError
+from games.data.errors import InputError
 from games.maze import KEY_TURN, MOUSE_TURN, Maze
 from games.pong import Pong
 

@@ -10,8 +10,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 
 
 class Game(ABC):

@@ -18,9 +18,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from games.base import Game
-from games.errors import InputError
+from games.data.errors import InputError
 
 NUMBER_KEYS = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "0")  # default bindings of Discrete actions 0..9
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from games.base import Game
-from games.errors import InputError
+from games.data.errors import InputError
 
 MOVE_SPEED = 0.08  # cells a tick for W / S
 STRAFE_SPEED = 0.06  # cells a tick for A / D

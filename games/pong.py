@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from games.base import Game
-from games.errors import InputError
+from games.data.errors import InputError
 
 # 3x5 bitmaps of the digits, one string of 15 bits per digit, row by row.
 _FONT = {

@@ -1,7 +1,7 @@
 """Record datasets of a game played by a scripted agent, resume them after a crash, and audit them.
 
 ``record_dataset`` is what ``rollingworld record`` runs: episode ``i`` is played from seed ``seed + i`` by a fresh
-game and agent (both deterministic), and appended to a ``games.recording`` dataset chunk by chunk. Running it again
+game and agent (both deterministic), and appended to a ``games.data.recording`` dataset chunk by chunk. Running it again
 with the same arguments is a resume: complete episodes are skipped, and an incomplete one is restored by replaying
 its recorded actions through a fresh game and agent (checking that both reproduce the recording exactly) and then
 continued, so an interrupted and resumed dataset equals an uninterrupted one frame for frame.
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from games.actions import ActionSpace
-from games.errors import InputError
-from games.recording import (CHUNK_RE, EPISODE_RE, LOCK, MANIFEST, PARTIAL_RE, Recording, RecordingError,
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
+from games.data.recording import (CHUNK_RE, EPISODE_RE, LOCK, MANIFEST, PARTIAL_RE, Recording, RecordingError,
                              RecordingWriter, episode_dir_name, read_manifest, scan_episode)
 
 REPLAY_BLOCK = 256  # frames read at a time while replaying an episode to resume it

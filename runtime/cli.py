@@ -13,7 +13,7 @@ import sys
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-from games.errors import InputError  # noqa: E402
+from games.data.errors import InputError  # noqa: E402
 
 # command -> (one-line description, "module:function" taking the composed config)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from games.errors import InputError
-from games.video import hstack
+from games.data.errors import InputError
+from games.data.video import hstack
 
 GAP = 2  # pixels of separator between the panes
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 

@@ -12,8 +12,8 @@ import warnings
 
 import numpy as np
 
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.display import Overlay, fit_viewport
 from runtime.hud import Banner
 from runtime.player import PlaySession

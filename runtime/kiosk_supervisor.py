@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.display import Overlay, fit_viewport
 from runtime.hud import Banner
 from runtime.kiosk import GAVE_UP, STALLED, ExitKeys, KioskConfig, KioskLog, KioskSession, one_line

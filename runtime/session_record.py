@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 
 FORMAT = "rollingworld-session"
 VERSION = 1
@@ -73,7 +73,7 @@ class SessionRecorder:
     """
 
     def __init__(self, source, video, header: dict):
-        from games.video import VideoWriter
+        from games.data.video import VideoWriter
 
         self.source, self.header = source, header
         self.path = sidecar(video)
@@ -157,7 +157,7 @@ def _is_int(v) -> bool:
 
 def read_session(path) -> SessionLog:
     """Parse a session's JSONL sidecar (given it or its mp4); anything wrong is a one-line InputError."""
-    from games.action_log import read_json_lines
+    from games.data.action_log import read_json_lines
 
     path = sidecar(path)
 

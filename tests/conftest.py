@@ -74,9 +74,9 @@ def tiny_checkpoint(path, game="pong", seed=0):
 
     from games import make_game
     from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.codec import make_codec
-    from worldmodel.flow import NoiseSchedule
-    from worldmodel.model import make_model
+    from worldmodel.nn.codec import make_codec
+    from worldmodel.nn.flow import NoiseSchedule
+    from worldmodel.nn.dit import make_model
 
     pong = make_game("pong")
     torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from games.errors import InputError
+from games.data.errors import InputError
 from tests.conftest import ROOT, assert_one_line_error, run_cli, tiny_checkpoint
 
 ENGINE = {"window": 3, "sink": 0, "recent": 2}  # not the defaults (4, 1, 4): they must come from the checkpoint
@@ -21,9 +21,9 @@ def tiny_student(path, game="pong"):
     metadata): a tiny DiT over a conv-AE codec, random weights perturbed so that every part matters."""
     from games import make_game
     from worldmodel.checkpoint import save_checkpoint
-    from worldmodel.codec import make_codec
-    from worldmodel.flow import NoiseSchedule
-    from worldmodel.model import make_model
+    from worldmodel.nn.codec import make_codec
+    from worldmodel.nn.flow import NoiseSchedule
+    from worldmodel.nn.dit import make_model
 
     pong = make_game("pong")
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ def made(tmp_path_factory):
 
 
 def test_bundle_halves_the_weights_and_stores_the_recordings_start_frames(made):
-    from games.recording import Recording
+    from games.data.recording import Recording
     from worldmodel.checkpoint import load_checkpoint
 
     source, bundled = load_checkpoint(made["source"]), load_checkpoint(made["bundled"])
@@ -92,7 +92,7 @@ def test_bundle_halves_the_weights_and_stores_the_recordings_start_frames(made):
 def test_the_bundled_model_plays_like_its_float32_source(made):
     """fp16 rounding only. Measured: mean |difference| of 24 generated uint8 frames 0.014 grey levels (max 1),
     against 40 between two noise seeds of the float32 model."""
-    from worldmodel.engine import EngineConfig, WorldSession
+    from worldmodel.engine.session import EngineConfig, WorldSession
 
     torch.set_num_threads(1)
     cfg = EngineConfig(**ENGINE)
@@ -113,7 +113,7 @@ def test_sessions_start_from_the_stored_frames_also_for_a_game_not_ours(made, tm
     from runtime.commands.play import WorldSource
     from runtime.commands.world import _start_frames
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
-    from worldmodel.engine import EngineConfig, WorldSession
+    from worldmodel.engine.session import EngineConfig, WorldSession
 
     ckpt = load_checkpoint(made["bundled"])
     stored = ckpt.tensors["start.frames"].numpy()

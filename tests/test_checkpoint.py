@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from worldmodel.checkpoint import (CheckpointError, check_action_space, describe_checkpoint, load_checkpoint,
                                    save_checkpoint)
-from worldmodel.train_state import load_train_state, restore_rng_state, rng_state, save_train_state
+from worldmodel.train.state import load_train_state, restore_rng_state, rng_state, save_train_state
 
 SPACE = ActionSpace(keys=("UP", "DOWN"), mouse=True, buttons=("LEFT",))
 

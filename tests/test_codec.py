@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from games import make_game
-from games.errors import InputError
-from worldmodel.codec import CODECS, Codec, ConvAutoencoder, PatchCodec, make_codec, time_codec
+from games.data.errors import InputError
+from worldmodel.nn.codec import CODECS, Codec, ConvAutoencoder, PatchCodec, make_codec, time_codec
 
 TINY_AE = dict(type="conv_ae", down=4, latent_channels=4, width=8, blocks=1)
 

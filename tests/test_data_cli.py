@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from games.recording import Recording
+from games.data.recording import Recording
 from tests.conftest import ROOT, assert_one_line_error
 
 

@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import assert_one_line_error, tiny_checkpoint
-from worldmodel.engine import EngineConfig, WorldSession
-from worldmodel.rollout import Rollout, gradient_windows
+from worldmodel.engine.session import EngineConfig, WorldSession
+from worldmodel.engine.rollout import Rollout, gradient_windows
 
 TINY_TEACHER = ["model=tiny", "batch=2", "clip_len=8", "val_every=1000", "sample_every=1000", "threads=1",
                 "progress=false"]
@@ -102,7 +102,7 @@ def _params(state, prefix):
 
 
 def test_one_dmd_step_changes_student_and_critic_and_keeps_them_finite(teacher, tmp_path):
-    from worldmodel.distill import DistillConfig, Distiller
+    from worldmodel.distill.distiller import DistillConfig, Distiller
 
     ckpt, data = teacher
     d = Distiller(DistillConfig(teacher=str(ckpt), data=str(data), out=str(tmp_path / "run"), dmd_steps=1,

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from games.actions import ActionSpace
-from games.errors import InputError
-from worldmodel.codec import make_codec
-from worldmodel.engine import MODES, EngineConfig, WorldSession
-from worldmodel.flow import Denoiser, NoiseSchedule
-from worldmodel.model import make_model
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
+from worldmodel.nn.codec import make_codec
+from worldmodel.engine.session import MODES, EngineConfig, WorldSession
+from worldmodel.nn.flow import Denoiser, NoiseSchedule
+from worldmodel.nn.dit import make_model
 
 SPACE = ActionSpace(keys=("UP", "DOWN"))
 

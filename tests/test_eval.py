@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import assert_one_line_error, tiny_checkpoint
-from worldmodel.metrics import psnr_per_frame, ssim
+from worldmodel.eval.metrics import psnr_per_frame, ssim
 
 TINY_EVAL = ["mode=rolling", "fidelity.starts=3", "fidelity.horizon=8", "fidelity.teacher_forced=4",
              "fidelity.batch=3", "drift.minutes=0.1", "drift.block_seconds=0.5", "drift.blocks=3",
@@ -101,7 +101,7 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
 
 
 def test_comparison_table_reads_the_reports(tiny, tmp_path):
-    from worldmodel.eval_report import comparison_table
+    from worldmodel.eval.report import comparison_table
 
     report = {"speed": {"fps": 50.0, "latency_ms": 70.0}, "fidelity": {"psnr": list(np.linspace(30, 20, 64))},
               "drift": {"drift": {"model": {"first": 2.0, "last": 2.5, "ddrift": 0.5}},

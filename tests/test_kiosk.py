@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from games import make_game
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from games.agents import MazeAgent, PongAgent, RandomAgent
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper, resolve_bindings
 from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent

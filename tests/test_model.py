@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from worldmodel.attention import LayerContext, bidirectional_mask, causal_mask
-from worldmodel.flow import Denoiser, NoiseSchedule, flow_matching_loss
-from worldmodel.model import MODELS, count_params, make_model
+from worldmodel.nn.attention import LayerContext, bidirectional_mask, causal_mask
+from worldmodel.nn.flow import Denoiser, NoiseSchedule, flow_matching_loss
+from worldmodel.nn.dit import MODELS, count_params, make_model
 
 
 def _model(**kw):

@@ -44,8 +44,8 @@ def smoke(tmp_path_factory):
 
 
 def test_smoke_pipeline_runs_every_stage_and_the_student_plays(smoke):
-    from games.recording import Recording
-    from worldmodel.engine import WorldSession
+    from games.data.recording import Recording
+    from worldmodel.engine.session import WorldSession
 
     out, stdout = smoke
     for stage in STAGES:

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper
 from runtime.player import PlaySession
@@ -240,7 +240,7 @@ def test_bad_binding_or_control_key_is_one_line_error(cli, xdisplay, override, n
 def test_reset_while_recording_begins_a_new_episode(xdisplay, tmp_path):
     import pygame
 
-    from games.recording import Recording
+    from games.data.recording import Recording
     from runtime.cli import compose
     from runtime.commands.game import run
 

@@ -1,4 +1,4 @@
-"""Control probes (worldmodel.probes): the real games obey their keys, frames that ignore the keys score chance, and
+"""Control probes (games.probes): the real games obey their keys, frames that ignore the keys score chance, and
 the protocol waits out a source's latency."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from games import make_agent, make_game
-from games.errors import InputError
-from worldmodel.probes import PongProbe, ShuffledFrames, Trial, control_accuracy, probe_for
+from games.data.errors import InputError
+from games.probes import PongProbe, ShuffledFrames, Trial, control_accuracy, probe_for
 
 GAMES = ["pong", "maze"]
 N = 48  # trials: every kind of probe 8 (maze) or 12 (pong) times
@@ -110,7 +110,7 @@ def test_world_model_source_runs_the_same_protocol(tmp_path):
     """A world model (random weights) as the play loop's frame source: the protocol waits out its window."""
     from runtime.commands.play import WorldSource
     from tests.conftest import tiny_checkpoint
-    from worldmodel.engine import EngineConfig, WorldSession
+    from worldmodel.engine.session import EngineConfig, WorldSession
 
     class Counted(WorldSource):
         steps = 0

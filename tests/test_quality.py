@@ -1,4 +1,4 @@
-"""FD-pix (worldmodel.quality): real clips score low and alike; every corruption raises Q steadily with its strength.
+"""FD-pix (worldmodel.eval.quality): real clips score low and alike; every corruption raises Q steadily with its strength.
 
 Recorded with the heuristic agents: the reference is fitted on some episodes, the clips scored come from others. The
 maze is varied (a new map every episode, wall colours by quarter), so its reference gets more episodes.
@@ -11,8 +11,8 @@ import pytest
 from games import make_game
 from games.pong import BACKGROUND, BALL, PLAYER
 from games.record import record_dataset
-from games.recording import Recording
-from worldmodel.quality import FrameQuality, corrupt, drift
+from games.data.recording import Recording
+from worldmodel.eval.quality import FrameQuality, corrupt, drift
 
 CLIP = 150  # 5 s at 30 fps, the length dDrift scores
 FIT_EPISODES = {"pong": 4, "maze": 10}
@@ -97,7 +97,7 @@ def test_drift_is_last_minus_first_and_sees_a_session_that_degrades():
 
 
 def test_codec_latents_add_a_family():
-    from worldmodel.codec import make_codec
+    from worldmodel.nn.codec import make_codec
 
     frames = _play("pong", seeds=range(3), n=200)
     plain, with_codec = FrameQuality(frames[:2]), FrameQuality(frames[:2], codec=make_codec({"type": "pixels"}))

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from games.actions import ActionSpace
+from games.data.actions import ActionSpace
 from games.base import Game
-from games.errors import InputError
+from games.data.errors import InputError
 from games.record import check_dataset, record_dataset
-from games.recording import Recording, RecordingError, RecordingWarning, RecordingWriter
+from games.data.recording import Recording, RecordingError, RecordingWarning, RecordingWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16  # frames are 16x16: the smallest a Game allows
@@ -306,7 +306,7 @@ def _gap(path: Path) -> str:
 
 @pytest.mark.parametrize("damage", [_truncate, _garbage_header, _wrong_resolution, _wrong_action_size, _gap])
 def test_damaged_chunk_is_reported_and_skipped(tmp_path, damage):
-    from worldmodel.data import ClipDataset
+    from worldmodel.train.data import ClipDataset
     frames, actions = write_episode(tmp_path, 40)
     name = damage(tmp_path / "ep_000000" / "00000016.safetensors")
     report = check_dataset(tmp_path)
@@ -373,7 +373,7 @@ def test_bad_folders_and_settings_are_one_line_errors(tmp_path):
 
 def test_clip_dataset_indexes_every_clip_inside_episodes(tmp_path):
     import torch.utils.data
-    from worldmodel.data import ClipDataset, split_episodes
+    from worldmodel.train.data import ClipDataset, split_episodes
     refs = [write_episode(tmp_path, n, seed=i) for i, n in enumerate([21, 13, 5, 9])]
     ds = ClipDataset(tmp_path, clip_len=8)
     assert len(ds) == 14 + 6 + 0 + 2  # episode 2 is shorter than a clip

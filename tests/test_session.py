@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from games import make_game
-from games.video import hstack
+from games.data.video import hstack
 from runtime.session_record import frame_sha1, read_session
 from tests.conftest import ROOT, assert_one_line_error, run_cli, tiny_checkpoint
 
@@ -43,7 +43,7 @@ def _count_frames(mp4):
 
 def _frames_in_process(ckpt, log, compare):
     """sha1 of the frames a plain WorldSession (and, for compare, the real game beside it) makes for the log."""
-    from worldmodel.engine import EngineConfig, WorldSession
+    from worldmodel.engine.session import EngineConfig, WorldSession
 
     threads = torch.get_num_threads()
     torch.set_num_threads(log.header["threads"])  # the same reduction order as the recorded run
@@ -88,7 +88,7 @@ def test_restarts_are_recorded_and_replayed(ckpt, cli, tmp_path):
     """The player's reset control restarts the source mid-session (``PlaySession.reset``): the recording goes on."""
     from runtime.commands.play import build_source
     from runtime.session_record import SessionRecorder, session_header
-    from worldmodel.engine import EngineConfig
+    from worldmodel.engine.session import EngineConfig
 
     threads = torch.get_num_threads()
     try:
@@ -186,7 +186,7 @@ def test_posted_keys_and_mouse_enter_the_newest_window_frame_and_the_screen_show
     from runtime.display import Window
     from runtime.input import InputMapper, resolve_bindings
     from runtime.player import PlaySession
-    from worldmodel.engine import EngineConfig
+    from worldmodel.engine.session import EngineConfig
 
     source = WorldSource(load_session(ckpt, EngineConfig(), 1))
     space = source.action_space

@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("av")
 
-from games.action_log import read_action_log, write_action_log  # noqa: E402
-from games.actions import ActionSpace  # noqa: E402
-from games.errors import InputError  # noqa: E402
-from games.recording import Recording, RecordingWriter  # noqa: E402
-from games.video import export_mp4, hstack, import_video, write_mp4  # noqa: E402
+from games.data.action_log import read_action_log, write_action_log  # noqa: E402
+from games.data.actions import ActionSpace  # noqa: E402
+from games.data.errors import InputError  # noqa: E402
+from games.data.recording import Recording, RecordingWriter  # noqa: E402
+from games.data.video import export_mp4, hstack, import_video, write_mp4  # noqa: E402
 
 FPS = 30
 N = 40

@@ -52,7 +52,7 @@ def test_game_command_opens_a_window_and_records(cli, xdisplay, tmp_path):
             env={"DISPLAY": xdisplay})
     assert r.returncode == 0, r.stderr
     assert "20 ticks" in r.stdout
-    from games.recording import Recording
+    from games.data.recording import Recording
 
     rec = Recording(tmp_path / "played")
     assert rec.game == "maze" and rec.episodes[0].length == 20

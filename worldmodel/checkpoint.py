@@ -9,7 +9,7 @@ plain JSON that the caller reads, and the weights are plain tensors.
 Files are written atomically (a hidden ``.<name>.partial`` in the same folder, fsync, rename, fsync of the folder),
 so a crash leaves either the old file or the new one. Anything wrong with a file the user points at is a one-line
 ``CheckpointError``. The file layer (``write_safetensors``, ``read_header``, ``read_tensors``) is shared with
-``worldmodel.train_state``.
+``worldmodel.train.state``.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 
 FORMAT = "rollingworld-checkpoint"
 VERSION = 1

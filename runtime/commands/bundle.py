@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 DTYPES = ("float16", "bfloat16", "float32")
 START_FRAMES = 4  # start frames of a sequence when the checkpoint does not say (DistillConfig.start_frames)
@@ -61,7 +61,7 @@ def _file_bytes(tensors: dict, metadata: dict) -> int:
 def run(cfg) -> int:
     import torch
 
-    from games.recording import Recording
+    from games.data.recording import Recording
     from runtime.session_record import file_sha256
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 from runtime.commands.game import build_game
 
 
@@ -41,7 +41,7 @@ def check(cfg) -> int:
 
 
 def import_(cfg) -> int:
-    from games.video import import_video
+    from games.data.video import import_video
 
     space = None
     if cfg["keys"] is not None:
@@ -58,7 +58,7 @@ def import_(cfg) -> int:
 
 
 def export(cfg) -> int:
-    from games.video import export_mp4
+    from games.data.video import export_mp4
 
     out = export_mp4(cfg.data, cfg.out, episode=cfg.episode, scale=int(cfg.scale))
     print(f"wrote {out}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 SECTIONS = ("fidelity", "drift", "control", "speed")
 SCRIPTED_GAMES = ("pong", "maze")  # games with a scripted agent and a control probe
@@ -31,8 +31,8 @@ def _bar(total: int, desc: str, show: bool):
 
 
 def _fidelity(em, rec, cfg, out: Path, show: bool) -> dict:
-    from worldmodel.eval_report import write_strip
-    from worldmodel.evaluate import fidelity, held_out_episodes
+    from worldmodel.eval.report import write_strip
+    from worldmodel.eval.evaluate import fidelity, held_out_episodes
 
     f = cfg.fidelity
     episodes = held_out_episodes(rec, em.model.metadata)
@@ -65,7 +65,7 @@ def _reference_clips(rec, n_frames: int, clip: int = 300) -> list[np.ndarray]:
 def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
     """The scripted session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
     changing only how Q is scored does not regenerate ten minutes of frames."""
-    from worldmodel.evaluate import drift_session
+    from worldmodel.eval.evaluate import drift_session
 
     d = cfg.drift
     fps = int(em.model.metadata.get("frame", {}).get("fps", 30))
@@ -90,9 +90,9 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
 
 
 def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
-    from worldmodel.eval_report import write_frames
-    from worldmodel.evaluate import drift_scores, through_codec
-    from worldmodel.quality import FrameQuality
+    from worldmodel.eval.report import write_frames
+    from worldmodel.eval.evaluate import drift_scores, through_codec
+    from worldmodel.eval.quality import FrameQuality
 
     d = cfg.drift
     if game not in SCRIPTED_GAMES:
@@ -116,9 +116,9 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
 def _control(em, rec, cfg, game: str, show: bool) -> dict:
     from games import make_game
     from runtime.commands.play import WorldSource
-    from worldmodel.engine import WorldSession
-    from games.actions import ActionSpace
-    from worldmodel.probes import ShuffledFrames, control_accuracy, probe_for
+    from worldmodel.engine.session import WorldSession
+    from games.data.actions import ActionSpace
+    from games.probes import ShuffledFrames, control_accuracy, probe_for
 
     if game not in SCRIPTED_GAMES:
         return {"skipped": f"no control probe reads {game!r} (probes exist for {', '.join(SCRIPTED_GAMES)})"}
@@ -170,10 +170,10 @@ def run(cfg) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from games.recording import Recording
+    from games.data.recording import Recording
     from worldmodel.checkpoint import check_action_space
-    from worldmodel.eval_report import write_report
-    from worldmodel.evaluate import EvalModel
+    from worldmodel.eval.report import write_report
+    from worldmodel.eval.evaluate import EvalModel
 
     sections = list(cfg.sections)
     unknown = [s for s in sections if s not in SECTIONS]

@@ -48,14 +48,14 @@ def play_source(game, cfg, agent=None) -> int:
                          fullscreen=bool(rt.fullscreen), vsync=bool(rt.vsync))
     writer = episode = None
     if cfg.get("record"):
-        from games.recording import RecordingWriter
+        from games.data.recording import RecordingWriter
 
         writer = RecordingWriter(cfg.out, game=game.name, action_space=game.action_space, fps=game.fps,
                                  height=game.height, width=game.width, chunk_frames=int(cfg.chunk_frames))
         episode = writer.begin_episode(seed=int(cfg.seed), agent=cfg.agent or "human")
     video = None
     if cfg.video:
-        from games.video import VideoWriter
+        from games.data.video import VideoWriter
 
         video = VideoWriter(cfg.video, fps=rt.fps or game.fps, scale=4)
 

@@ -10,7 +10,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent, one_line
 from runtime.kiosk_supervisor import Kiosk
 

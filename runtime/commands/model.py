@@ -5,7 +5,7 @@ from dataclasses import fields
 
 from omegaconf import OmegaConf
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 
 def to_dataclass(cls, values: dict):
@@ -46,7 +46,7 @@ def resumed(values: dict, overrides: list[str]) -> dict:
 
 
 def train(cfg, overrides=()) -> int:
-    from worldmodel.train import TrainConfig, train as run_training
+    from worldmodel.train.teacher import TrainConfig, train as run_training
 
     values = OmegaConf.to_container(cfg)
     model = values.pop("model")
@@ -63,10 +63,10 @@ def sample(cfg) -> int:
     import numpy as np
     import torch
 
-    from games.recording import Recording
-    from games.video import VideoWriter, hstack
-    from worldmodel.data import split_episodes
-    from worldmodel.sample import fidelity, load_teacher, psnr, rollout
+    from games.data.recording import Recording
+    from games.data.video import VideoWriter, hstack
+    from worldmodel.train.data import split_episodes
+    from worldmodel.engine.sampler import fidelity, load_teacher, psnr, rollout
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -109,7 +109,7 @@ def _write_strip(path, real, generated, horizons=(1, 4, 9, 16, 32, 64, 128, 256)
     import numpy as np
     from PIL import Image
 
-    from games.video import hstack, upscale
+    from games.data.video import hstack, upscale
 
     cols = [np.concatenate([real[h - 1], np.full_like(real[0][:2], 255), generated[h - 1]], axis=0)
             for h in horizons if h <= len(generated)]
@@ -119,14 +119,14 @@ def _write_strip(path, real, generated, horizons=(1, 4, 9, 16, 32, 64, 128, 256)
 
 
 def train_codec(cfg, overrides=()) -> int:
-    from worldmodel.train_codec import CodecTrainConfig, train_codec as run
+    from worldmodel.train.codec import CodecTrainConfig, train_codec as run
 
     run(to_dataclass(CodecTrainConfig, resumed(OmegaConf.to_container(cfg), list(overrides))))
     return 0
 
 
 def distill(cfg, overrides=()) -> int:
-    from worldmodel.distill import DistillConfig, distill as run
+    from worldmodel.distill.distiller import DistillConfig, distill as run
 
     print(f"student: {run(to_dataclass(DistillConfig, resumed(OmegaConf.to_container(cfg), list(overrides))))}")
     return 0

@@ -3,7 +3,7 @@
 The budget (``configs/budget/<name>.yaml``) holds the settings of every stage, one section per stage; any of
 them can be given on the command line (``budget.teacher.steps=100``). Every stage's settings are checked before
 the first stage starts, so a typo costs seconds, not the hour of training before it. The stages and their
-folders are ``worldmodel.pipeline``'s; this module adds the two that need the runtime: recording a scripted agent,
+folders are ``runtime.pipeline``'s; this module adds the two that need the runtime: recording a scripted agent,
 and ``rollingworld eval`` of the shipped student. The budget's ``eval`` section holds overrides of
 ``configs/eval.yaml`` (nested as there), so the stage makes the same report as
 ``rollingworld eval ckpt=OUT/distill/student.safetensors data=OUT/data out=OUT/eval`` with those settings.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.commands.game import build_game
 from runtime.commands.model import to_dataclass
 
@@ -55,7 +55,7 @@ def _section(budget: dict, stage: str, cls, given: dict, drop=()):
 def _record_stage(cfg, layout, settings: RecordConfig, skip: str):
     from games import make_agent
     from games.record import record_dataset
-    from worldmodel.pipeline import Stage
+    from runtime.pipeline import Stage
 
     game_config = OmegaConf.to_container(cfg.game)
 
@@ -112,7 +112,7 @@ def _eval_config(cfg, budget: dict, layout, student: Path):
     paths and run-wide settings as overrides of ``configs/eval.yaml``, checked as the other stages' settings are."""
     from runtime.cli import compose
     from runtime.commands.evaluate import SECTIONS
-    from worldmodel.evaluate import EVAL_MODES
+    from worldmodel.eval.evaluate import EVAL_MODES
 
     _check_not_owned("eval", budget.get("eval") or {}, EVAL_OWNED)
     values = _flat(budget.get("eval") or {})
@@ -157,7 +157,7 @@ def _forget_stale_parts(folder: Path, student: Path, seed: int) -> None:
 
 
 def _eval_stage(layout, eval_cfg, student: Path):
-    from worldmodel.pipeline import Stage
+    from runtime.pipeline import Stage
 
     def run(resume: bool) -> None:
         from runtime.commands.evaluate import run as evaluate
@@ -180,7 +180,7 @@ def _action_space(cfg, layout, overrides):
     """The action space the teacher will be trained on: the given recording's, or the game's."""
     if not cfg.data:
         return build_game(cfg.game).action_space
-    from games.recording import Recording
+    from games.data.recording import Recording
 
     rec = Recording(layout.data)
     if any(ov.split("=", 1)[0] == "game" for ov in overrides) and rec.game != _game_name(cfg.game):
@@ -191,11 +191,11 @@ def _action_space(cfg, layout, overrides):
 
 def run(cfg, overrides=()) -> int:
     from worldmodel.checkpoint import check_action_space, load_checkpoint
-    from worldmodel.distill import DistillConfig, check_config
-    from worldmodel.eval_report import comparison_table
-    from worldmodel.pipeline import Layout, codec_stage, distill_stage, run_stages, teacher_stage
-    from worldmodel.train import TrainConfig
-    from worldmodel.train_codec import CodecTrainConfig
+    from worldmodel.distill.distiller import DistillConfig, check_config
+    from worldmodel.eval.report import comparison_table
+    from runtime.pipeline import Layout, codec_stage, distill_stage, run_stages, teacher_stage
+    from worldmodel.train.teacher import TrainConfig
+    from worldmodel.train.codec import CodecTrainConfig
 
     budget = OmegaConf.to_container(cfg.budget)
     layout = Layout.of(cfg.out, cfg.data)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.compare import CompareSource
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the bundled models, beside the packages (not the cwd)
@@ -36,7 +36,7 @@ def load_session(ckpt, engine_cfg, threads: int):
 
     if threads:
         torch.set_num_threads(int(threads))
-    from worldmodel.engine import WorldSession
+    from worldmodel.engine.session import WorldSession
 
     return WorldSession.from_checkpoint(ckpt, engine_cfg)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 from runtime.session_record import VIDEO_SCALE, SessionLog, frame_sha1, read_session, verified_checkpoint
 
 
@@ -95,7 +95,7 @@ def run(cfg) -> int:
     header = log.header
     ckpt = verified_checkpoint(log, cfg.ckpt)
     from runtime.commands.play import build_source  # torch: only once the session is known to be sound
-    from worldmodel.engine import EngineConfig
+    from worldmodel.engine.session import EngineConfig
 
     try:
         engine = EngineConfig(**header["engine"])
@@ -107,7 +107,7 @@ def run(cfg) -> int:
         raise InputError(f"{log.path} was recorded with other controls than {ckpt} has")
     video = None
     if cfg.out:
-        from games.video import VideoWriter
+        from games.data.video import VideoWriter
 
         video = VideoWriter(cfg.out, fps=header["fps"], scale=VIDEO_SCALE)
     replay = _Replay(source, log, None if cfg.frames is None else int(cfg.frames), bool(cfg.check), video)

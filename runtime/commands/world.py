@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 
 def _torch(threads: int):
@@ -23,7 +23,7 @@ def _engine_config(cfg, ckpt=None):
     """The engine settings of ``cfg`` for the checkpoint ``ckpt`` (default ``cfg.ckpt``). ``mode``, ``window``,
     ``sink`` and ``recent`` left null are those it was distilled with (its ``engine`` metadata), else
     ``EngineConfig``'s."""
-    from worldmodel.engine import EngineConfig
+    from worldmodel.engine.session import EngineConfig
 
     ckpt = cfg.get("ckpt") if ckpt is None else ckpt
     given = {key: cfg.get(key) for key in ("window", "sink", "recent")}
@@ -86,8 +86,8 @@ class _RandomPlayer:
 
 def dream(cfg) -> int:
     _torch(cfg.threads)
-    from games.video import VideoWriter
-    from worldmodel.engine import WorldSession
+    from games.data.video import VideoWriter
+    from worldmodel.engine.session import WorldSession
 
     session = WorldSession.from_checkpoint(cfg.ckpt, _engine_config(cfg))
     space = session.action_space
@@ -96,7 +96,7 @@ def dream(cfg) -> int:
         player = _RandomPlayer(space, int(cfg.seed))
         actions = [player.act() for _ in range(frames)]
     else:
-        from games.action_log import read_action_log
+        from games.data.action_log import read_action_log
 
         log = read_action_log(cfg.actions, action_space=space)
         fps = session.metadata.get("frame", {}).get("fps", 30)
@@ -127,10 +127,10 @@ def _rss_mb() -> float:
 
 def _random_session(cfg, torch):
     from games import make_game
-    from worldmodel.codec import make_codec
-    from worldmodel.engine import WorldSession
-    from worldmodel.flow import Denoiser, NoiseSchedule
-    from worldmodel.model import MODELS, make_model
+    from worldmodel.nn.codec import make_codec
+    from worldmodel.engine.session import WorldSession
+    from worldmodel.nn.flow import Denoiser, NoiseSchedule
+    from worldmodel.nn.dit import MODELS, make_model
 
     size = cfg.model.size
     if size not in MODELS:
@@ -168,8 +168,8 @@ def _busy_cores(n: int) -> list:
 
 def bench(cfg) -> int:
     torch = _torch(cfg.threads)
-    from worldmodel.engine import WorldSession
-    from worldmodel.model import count_params
+    from worldmodel.engine.session import WorldSession
+    from worldmodel.nn.dit import count_params
 
     if cfg.ckpt:
         session = WorldSession.from_checkpoint(cfg.ckpt, _engine_config(cfg))

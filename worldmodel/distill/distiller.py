@@ -33,18 +33,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from games.errors import InputError
-from games.recording import Recording
+from games.data.errors import InputError
+from games.data.recording import Recording
 from worldmodel.checkpoint import check_action_space, save_checkpoint
-from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
-from worldmodel.distill_report import DistillReport
-from worldmodel.dmd import critic_loss, dmd_loss, ode_loss, score_clips, teacher_window
-from worldmodel.flow import Denoiser, NoiseSchedule
-from worldmodel.model import DiT, count_params
-from worldmodel.rollout import Rollout
-from worldmodel.sample import load_teacher
-from worldmodel.processes import check_ranks_agree, start_processes
-from worldmodel.train_state import load_train_state, save_train_state
+from worldmodel.train.data import ClipDataset, split_episodes, with_causing_actions
+from worldmodel.distill.report import DistillReport
+from worldmodel.distill.losses import critic_loss, dmd_loss, ode_loss, score_clips, teacher_window
+from worldmodel.nn.flow import Denoiser, NoiseSchedule
+from worldmodel.nn.dit import DiT, count_params
+from worldmodel.engine.rollout import Rollout
+from worldmodel.engine.sampler import load_teacher
+from worldmodel.train.processes import check_ranks_agree, start_processes
+from worldmodel.train.state import load_train_state, save_train_state
 
 PHASES = ("pairs", "ode", "dmd")
 

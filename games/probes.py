@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 
 @dataclass

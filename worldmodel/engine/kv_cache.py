@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from worldmodel.attention import LayerContext, causal_mask
+from worldmodel.nn.attention import LayerContext, causal_mask
 
 
 class KVCache:

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from games.errors import InputError
-from games.recording import Recording
+from games.data.errors import InputError
+from games.data.recording import Recording
 from worldmodel.checkpoint import save_checkpoint
-from worldmodel.codec import ConvAutoencoder, evaluate
-from worldmodel.data import ClipDataset, split_episodes
-from worldmodel.train_state import load_train_state, save_train_state
+from worldmodel.nn.codec import ConvAutoencoder, evaluate
+from worldmodel.train.data import ClipDataset, split_episodes
+from worldmodel.train.state import load_train_state, save_train_state
 
 
 @dataclass

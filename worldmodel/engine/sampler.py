@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint
-from worldmodel.codec import make_codec
-from worldmodel.flow import Denoiser, NoiseSchedule, sample_next_frame
-from worldmodel.model import DiT, DiTConfig
+from worldmodel.nn.codec import make_codec
+from worldmodel.nn.flow import Denoiser, NoiseSchedule, sample_next_frame
+from worldmodel.nn.dit import DiT, DiTConfig
 
 
 @dataclass

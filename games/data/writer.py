@@ -1,5 +1,5 @@
 """The writer half of gameplay recordings: ``RecordingWriter`` creates or extends a dataset, ``EpisodeWriter``
-appends frames in immutable chunks. The layout and its crash-safety rules are described in ``games.recording``.
+appends frames in immutable chunks. The layout and its crash-safety rules are described in ``games.data.recording``.
 """
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from games.actions import ActionSpace
-from games.recording import (FORMAT, LOCK, MANIFEST, PARTIAL_RE, VERSION, RecordingError, atomic_write, chunk_crc,
+from games.data.actions import ActionSpace
+from games.data.recording import (FORMAT, LOCK, MANIFEST, PARTIAL_RE, VERSION, RecordingError, atomic_write, chunk_crc,
                              chunk_name, episode_dir_name, read_manifest, scan_episode)
 
 

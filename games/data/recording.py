@@ -17,7 +17,7 @@ after every chunk and when an episode closes. A killed recorder therefore leaves
 headers say episode, start frame and count) and use the manifest only for the dataset's settings and each episode's
 seed, agent and complete flag. Chunks are read memory-mapped (``safetensors.safe_open``), never unpickled.
 
-This module holds the layout and the reader (``Recording``, ``Episode``); ``games.recording_writer`` the writer
+This module holds the layout and the reader (``Recording``, ``Episode``); ``games.data.writer`` the writer
 (``RecordingWriter``, ``EpisodeWriter``, re-exported here); ``games.record`` records datasets with scripted agents
 and audits them (``check_dataset``).
 """
@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 
 FORMAT = "rollingworld-recording"
 VERSION = 1
@@ -303,8 +303,8 @@ class Recording:
 
 
 def __getattr__(name: str):
-    """``RecordingWriter`` and ``EpisodeWriter`` live in ``games.recording_writer``; importable from here too."""
+    """``RecordingWriter`` and ``EpisodeWriter`` live in ``games.data.writer``; importable from here too."""
     if name in ("RecordingWriter", "EpisodeWriter"):
-        from games import recording_writer
+        from games.data import writer as recording_writer
         return getattr(recording_writer, name)
-    raise AttributeError(f"module 'games.recording' has no attribute {name!r}")
+    raise AttributeError(f"module 'games.data.recording' has no attribute {name!r}")

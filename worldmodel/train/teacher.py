@@ -22,23 +22,23 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from games.errors import InputError
-from games.recording import Recording
+from games.data.errors import InputError
+from games.data.recording import Recording
 from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint, read_header, save_checkpoint
-from worldmodel.codec import make_codec
-from worldmodel.data import ClipDataset, split_episodes, with_causing_actions
-from worldmodel.flow import Denoiser, NoiseSchedule, flow_matching_loss
-from worldmodel.model import MODELS, DiT, DiTConfig, count_params
-from worldmodel.processes import check_ranks_agree, start_processes
-from worldmodel.train_state import load_train_state, save_train_state
-from worldmodel.train_report import TrainReport
+from worldmodel.nn.codec import make_codec
+from worldmodel.train.data import ClipDataset, split_episodes, with_causing_actions
+from worldmodel.nn.flow import Denoiser, NoiseSchedule, flow_matching_loss
+from worldmodel.nn.dit import MODELS, DiT, DiTConfig, count_params
+from worldmodel.train.processes import check_ranks_agree, start_processes
+from worldmodel.train.state import load_train_state, save_train_state
+from worldmodel.train.report import TrainReport
 
 
 @dataclass
 class TrainConfig:
     data: str = "???"  # dataset folder (a recording)
     out: str = "???"  # run folder: state, checkpoints, samples, plots
-    model: str = "small"  # a size from worldmodel.model.MODELS
+    model: str = "small"  # a size from worldmodel.nn.dit.MODELS
     patch: int = 8  # latent pixels per token side
     codec: str = "pixels"  # "pixels", or a codec checkpoint from train-codec
     init: str = ""  # fine-tune: a teacher checkpoint whose network, weights and codec a fresh run starts from
@@ -74,7 +74,7 @@ def load_codec(spec: str | Checkpoint):
     loaded checkpoint: the teacher a fine-tune starts from)."""
     if spec == "pixels":
         return make_codec({"type": "pixels"})
-    from worldmodel.sample import codec_from_checkpoint
+    from worldmodel.engine.sampler import codec_from_checkpoint
 
     return codec_from_checkpoint(spec if isinstance(spec, Checkpoint) else load_checkpoint(spec)).requires_grad_(False)
 

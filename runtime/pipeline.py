@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from games.recording import atomic_write
+from games.data.recording import atomic_write
 from worldmodel.checkpoint import load_checkpoint
 
 STAGES = ("record", "codec", "teacher", "distill", "eval")
@@ -169,7 +169,7 @@ def _short_of(path: Path, done: int, want: int, what: str) -> str | None:
 def codec_stage(cfg, skip: str = "") -> Stage:
     """Train the conv autoencoder (``cfg``: a ``train_codec.CodecTrainConfig``)."""
     def run(resume: bool) -> str | None:
-        from worldmodel.train_codec import train_codec
+        from worldmodel.train.codec import train_codec
 
         train_codec(replace(cfg, resume=resume))
         path = Path(cfg.out) / "codec.safetensors"
@@ -181,7 +181,7 @@ def codec_stage(cfg, skip: str = "") -> Stage:
 def teacher_stage(cfg) -> Stage:
     """Train (or, with ``cfg.init``, fine-tune) the teacher (``cfg``: a ``train.TrainConfig``)."""
     def run(resume: bool) -> str | None:
-        from worldmodel.train import train
+        from worldmodel.train.teacher import train
 
         path = train(replace(cfg, resume=resume))
         return _short_of(path, load_checkpoint(path).metadata["step"], cfg.steps, "steps")
@@ -192,7 +192,7 @@ def teacher_stage(cfg) -> Stage:
 def distill_stage(cfg) -> Stage:
     """ODE init and Rolling Forcing DMD of the teacher (``cfg``: a ``distill.DistillConfig``)."""
     def run(resume: bool) -> str | None:
-        from worldmodel.distill import distill
+        from worldmodel.distill.distiller import distill
 
         path = distill(replace(cfg, resume=resume))
         done = load_checkpoint(path).metadata.get("distill", {})

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from worldmodel.attention import bidirectional_mask, causal_mask
+from worldmodel.nn.attention import bidirectional_mask, causal_mask
 
 
 @dataclass

@@ -9,7 +9,7 @@ Every codec maps frames ``[..., H, W, 3]`` (uint8 0..255, or float 0..1 as ``dec
   the previous frame, so that a 4x4 ball or a 3-pixel paddle is reconstructed instead of averaged away.
 
 A codec is rebuilt from ``codec.config()`` (JSON) with ``make_codec``, which only ever builds classes of the fixed
-registry. ``python -m worldmodel.codec DATA`` trains an autoencoder briefly and measures it (docs/codec.md).
+registry. ``python -m worldmodel.nn.codec DATA`` trains an autoencoder briefly and measures it (docs/codec.md).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 
 def as_unit_frames(frames) -> torch.Tensor:
@@ -267,7 +267,7 @@ def make_codec(config: dict) -> Codec:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Measurement: ``python -m worldmodel.codec DATA --seconds 240 --down 4 --latent-channels 4 --width 16``
+# Measurement: ``python -m worldmodel.nn.codec DATA --seconds 240 --down 4 --latent-channels 4 --width 16``
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -319,7 +319,7 @@ def measure(data: str, config: dict, seconds: float, batch: int = 8, lr: float =
     """Train the codec of ``config`` on pairs of consecutive frames of the recording ``data`` (``batch`` pairs a
     step) for ``seconds`` of wall time (AdamW, warm-up then cosine decay over the time budget), calibrate its
     latents on training frames, and evaluate every ``eval_stride``-th frame of the held-out episodes."""
-    from worldmodel.data import ClipDataset, split_episodes
+    from worldmodel.train.data import ClipDataset, split_episodes
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_ds = ClipDataset(data, 2)
@@ -362,7 +362,7 @@ def measure(data: str, config: dict, seconds: float, batch: int = 8, lr: float =
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Train a codec briefly on a recording and measure its reconstruction.")
-    p.add_argument("data", help="recording folder (games.recording)")
+    p.add_argument("data", help="recording folder (games.data.recording)")
     p.add_argument("--type", default="conv_ae", choices=sorted(CODECS))
     p.add_argument("--down", type=int, default=4)
     p.add_argument("--latent-channels", type=int, default=4)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from einops import rearrange
 
-from worldmodel.attention import LayerContext, RopeLayout, attend, expand_mask, rotate
+from worldmodel.nn.attention import LayerContext, RopeLayout, attend, expand_mask, rotate
 
 
 @dataclass

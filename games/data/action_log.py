@@ -29,8 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
-from games.actions import ActionSpace, ActionSpaceError
-from games.errors import InputError
+from games.data.actions import ActionSpace, ActionSpaceError
+from games.data.errors import InputError
 
 TIME_EPS = 1e-6  # seconds: entries this close to a tick boundary count as on it (float frame/tick times)
 

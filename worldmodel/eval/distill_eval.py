@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from games.recording import Recording
-from worldmodel.data import split_episodes
-from worldmodel.rollout import Rollout
-from worldmodel.sample import load_teacher, mse, pooled_psnr
+from games.data.recording import Recording
+from worldmodel.train.data import split_episodes
+from worldmodel.engine.rollout import Rollout
+from worldmodel.engine.sampler import load_teacher, mse, pooled_psnr
 
 
 def _model_rows(teacher: str, students: dict[str, str], teacher_steps: int) -> list[dict]:
@@ -152,7 +152,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 def main(argv=None) -> None:
-    """``python -m worldmodel.distill_eval --teacher T --student ode=FILE --student student=FILE --data D --out O``"""
+    """``python -m worldmodel.eval.distill_eval --teacher T --student ode=FILE --student student=FILE --data D --out O``"""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -4,9 +4,9 @@
   are watchable and survive the 2x2 chroma subsampling); the engine reuses it for generated videos, with ``hstack``
   to put real and generated frames side by side.
 - ``export_mp4`` writes one episode of a recording as an mp4 at the recording's rate plus its action log
-  (``games.action_log``), the same pair of files ``import_video`` reads.
+  (``games.data.action_log``), the same pair of files ``import_video`` reads.
 - ``import_video`` decodes a video, resamples it to the dataset's tick rate and size and maps the action log onto
-  the ticks (see ``games.action_log`` for how). Output tick ``k`` shows the source frame on screen at ``k / fps``.
+  the ticks (see ``games.data.action_log`` for how). Output tick ``k`` shows the source frame on screen at ``k / fps``.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from games.action_log import TIME_EPS, read_action_log, write_action_log
-from games.actions import ActionSpace
-from games.errors import InputError
+from games.data.action_log import TIME_EPS, read_action_log, write_action_log
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
 
 READ_CHUNK = 256  # frames read from a recording at a time when exporting
 
@@ -136,7 +136,7 @@ def export_mp4(data_root, out_path, episode: int | str | None = None, scale: int
     ``episode``: an index into the recording's episodes or an episode name; None is the first episode. With
     ``actions_log`` the episode's actions go beside the video as ``<out_path stem>.jsonl``. Returns ``out_path``.
     """
-    from games.recording import Recording
+    from games.data.recording import Recording
 
     rec = Recording(data_root)
     ep = _pick_episode(rec, episode, data_root)
@@ -197,7 +197,7 @@ def import_video(video, actions, out, width: int | None = None, height: int | No
     ``action_space``, else the dataset's, else the log's header, else those seen in the log; ``game`` to the
     dataset's, else "imported". A dataset that already exists must agree on all of these.
     """
-    from games.recording import Recording, RecordingWriter
+    from games.data.recording import Recording, RecordingWriter
 
     video, out = Path(video), Path(out)
     existing = _existing_dataset(out, Recording)

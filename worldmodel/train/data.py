@@ -1,8 +1,8 @@
 """Training clips from gameplay recordings.
 
-``ClipDataset`` indexes every clip of ``clip_len`` consecutive frames inside one episode of a ``games.recording``
+``ClipDataset`` indexes every clip of ``clip_len`` consecutive frames inside one episode of a ``games.data.recording``
 dataset (clips never cross episodes; they may cross chunk files) and reads them memory-mapped: a random clip is two
-``safe_open`` slices, tens of microseconds (``python -m worldmodel.data DIR`` measures it). It is a
+``safe_open`` slices, tens of microseconds (``python -m worldmodel.train.data DIR`` measures it). It is a
 ``torch.utils.data.Dataset`` for a DataLoader and a sampler of its own (``sample``, ``sample_batch``) for training
 loops that want no worker processes. ``split_episodes`` holds whole episodes out for validation, so that no
 validation frame was seen in training.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 
-from games.recording import Recording, RecordingError
+from games.data.recording import Recording, RecordingError
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -103,8 +103,8 @@ def measure_clip_read(dataset: ClipDataset, n: int = 5000, seed: int = 0) -> flo
 
 def _write_synthetic(root: Path, frames: int, size: int, chunk_frames: int) -> None:
     """A dataset of random frames and actions, for measuring read speed without a game."""
-    from games.actions import ActionSpace
-    from games.recording import RecordingWriter
+    from games.data.actions import ActionSpace
+    from games.data.recording import RecordingWriter
     rng = np.random.default_rng(0)
     space = ActionSpace(keys=("W", "A", "S", "D"), mouse=True)
     with RecordingWriter(root, "synthetic", space, 30, size, size, chunk_frames) as w:

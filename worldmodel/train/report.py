@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodel.data import with_causing_actions
-from worldmodel.flow import sample_next_frame
-from worldmodel.sample import psnr
+from worldmodel.train.data import with_causing_actions
+from worldmodel.nn.flow import sample_next_frame
+from worldmodel.engine.sampler import psnr
 
 
 class TrainReport:

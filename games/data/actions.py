@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 
 class ActionSpaceError(InputError, ValueError):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worldmodel.rollout import Rollout
-from worldmodel.sample import psnr
+from worldmodel.engine.rollout import Rollout
+from worldmodel.engine.sampler import psnr
 
 
 class DistillReport:
@@ -34,7 +34,7 @@ class DistillReport:
         self.write_log(history)
         if self.clip is None:
             return
-        from games.video import hstack, write_mp4
+        from games.data.video import hstack, write_mp4
 
         real, acts, n = self.clip
         S = self.start_frames

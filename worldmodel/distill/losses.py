@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from worldmodel.attention import causal_mask
-from worldmodel.flow import Denoiser, change_weight
-from worldmodel.kv_cache import cached_pass, start_cache
+from worldmodel.nn.attention import causal_mask
+from worldmodel.nn.flow import Denoiser, change_weight
+from worldmodel.engine.kv_cache import cached_pass, start_cache
 
 
 @torch.no_grad()

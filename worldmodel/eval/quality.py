@@ -33,7 +33,7 @@ covariance of a few dozen dimensions would be mostly sampling noise.
 
 Weaknesses. Q sees single frames and pairs of frames: sharp, well-coloured frames of a wrong game state (a paddle in
 the wrong place, a maze that rearranges itself, broken physics) score like real ones; fidelity under the same actions
-and the control probes (``worldmodel.probes``) measure those. The gamut is sampled: a colour that the reference clips
+and the control probes (``games.probes``) measure those. The gamut is sampled: a colour that the reference clips
 never showed (a rare landmark wall) counts as off-gamut, so fit on thousands of frames from many episodes. Decoded
 frames of a lossy codec leave the gamut everywhere; to measure the dynamics apart from the codec, fit the reference on
 real frames passed through the codec. Real clips of a varied game differ among themselves (maze: each quarter of the
@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from games.errors import InputError
+from games.data.errors import InputError
 
 LEVELS = 64  # colour grid bins per channel (4 grey levels each)
 GAMUT_TOLERANCE = 1  # bins around the real colours that still count as real (the gamut is sampled, not known)
@@ -190,7 +190,7 @@ class FrameQuality:
 
     def __init__(self, real_frames, codec=None, min_std: float = 0.02, seed: int = 0):
         """``real_frames``: real clips of consecutive frames (see ``as_clips``); thousands of frames from many
-        episodes. ``codec``: a ``worldmodel.codec`` codec whose latents add the ``latent`` family (optional)."""
+        episodes. ``codec``: a ``worldmodel.nn.codec`` codec whose latents add the ``latent`` family (optional)."""
         clips = as_clips(real_frames)
         self.frame_shape = clips[0].shape[1:]
         self.codec = codec

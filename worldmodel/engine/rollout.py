@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldmodel.flow import Denoiser
-from worldmodel.kv_cache import KVCache, cached_pass, start_cache
+from worldmodel.nn.flow import Denoiser
+from worldmodel.engine.kv_cache import KVCache, cached_pass, start_cache
 
 ROLLOUT_MODES = ("rolling", "rolling_nosink", "framewise")
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from games.actions import ActionSpace
-from games.errors import InputError
-from worldmodel.flow import Denoiser
-from worldmodel.kv_cache import cached_pass, start_cache
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
+from worldmodel.nn.flow import Denoiser
+from worldmodel.engine.kv_cache import cached_pass, start_cache
 
 MODES = ("rolling", "rolling_nosink", "framewise", "teacher")
 
@@ -67,8 +67,8 @@ class WorldSession:
     def from_checkpoint(cls, path, cfg: EngineConfig | None = None, device="cpu") -> "WorldSession":
         """A session over the world model in the checkpoint ``path`` (teacher or student), with the start frames
         it holds (a bundled model's ``start.frames``) as ``start_frames``."""
-        from worldmodel.sample import load_teacher
-        from games.actions import ActionSpace as Space
+        from worldmodel.engine.sampler import load_teacher
+        from games.data.actions import ActionSpace as Space
         from worldmodel.checkpoint import CheckpointError, load_checkpoint
 
         ckpt = load_checkpoint(path, device=device)  # read once: the model and the start frames

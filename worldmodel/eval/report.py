@@ -113,7 +113,7 @@ def markdown(report: dict) -> str:
             d, secs = drift["drift"], drift["block_frames"] / drift["fps"]
             lines += [f"A {drift['minutes']:g}-minute session ({drift['frames']} frames at {drift['fps']} fps) driven "
                       f"by the {drift['agent']} agent's actions on the real game. Q = {drift['quality']} (Frechet "
-                      "distance of frame statistics to real frames, `worldmodel/quality.py`; lower is better, real "
+                      "distance of frame statistics to real frames, `worldmodel/eval/quality.py`; lower is better, real "
                       f"clips score about 1) on {drift['block_frames']}-frame blocks; dDrift = Q(last) - Q(first).", "",
                       f"| frames | Q first {secs:g} s | Q last {secs:g} s | dDrift | Q mean over the blocks | spread |",
                       "|---|---:|---:|---:|---:|---:|"]
@@ -128,7 +128,7 @@ def markdown(report: dict) -> str:
     if ctl:
         lines += _heading("Control", ctl)
         if "skipped" not in ctl:
-            lines += [f"The probe reads each action's effect from the frames (`worldmodel/probes.py`); the model's "
+            lines += [f"The probe reads each action's effect from the frames (`games/probes.py`); the model's "
                       f"effect is read {ctl['latency_ticks']} tick(s) after the key.", "",
                       "| source | accuracy | decided / trials | by action |", "|---|---:|---:|---|"]
             for name in ("model", "real_game", "chance"):
@@ -175,7 +175,7 @@ def comparison_table(rows: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> None:
-    """``python -m worldmodel.eval_report --row NAME=EVAL_DIR ... [--out FILE.md]``: the comparison table."""
+    """``python -m worldmodel.eval.report --row NAME=EVAL_DIR ... [--out FILE.md]``: the comparison table."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

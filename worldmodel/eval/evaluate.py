@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from games.errors import InputError
-from worldmodel.data import split_episodes
-from worldmodel.metrics import psnr_per_frame, ssim
-from worldmodel.rollout import Rollout
+from games.data.errors import InputError
+from worldmodel.train.data import split_episodes
+from worldmodel.eval.metrics import psnr_per_frame, ssim
+from worldmodel.engine.rollout import Rollout
 
 EVAL_MODES = ("auto", "rolling", "rolling_nosink", "framewise", "teacher")
 
@@ -42,7 +42,7 @@ class EvalModel:
 
     @classmethod
     def load(cls, path: str, mode: str = "auto", teacher_steps: int = 16) -> "EvalModel":
-        from worldmodel.sample import load_teacher
+        from worldmodel.engine.sampler import load_teacher
 
         if mode not in EVAL_MODES:
             raise InputError(f"unknown mode {mode!r}; choose from {', '.join(EVAL_MODES)}")
@@ -72,7 +72,7 @@ class EvalModel:
         return Rollout(self.model.denoiser, levels, mode, self.sink, self.recent)
 
     def engine_config(self, compile: bool = False):
-        from worldmodel.engine import EngineConfig
+        from worldmodel.engine.session import EngineConfig
 
         return EngineConfig(mode=self.mode, window=self.window, sink=self.sink, recent=self.recent,
                             teacher_steps=self.teacher_steps, compile=compile)
@@ -213,8 +213,8 @@ def drift_session(em: EvalModel, game_name: str, agent: str, minutes: float, fps
                   progress=None) -> dict:
     """A scripted session of ``minutes`` in the engine (module docstring). Returns the frames Q is scored on:
     ``model`` and ``real`` uint8 [blocks, block frames, H, W, 3], and the blocks' start times in seconds."""
-    from worldmodel.engine import WorldSession
-    from games.actions import ActionSpace
+    from worldmodel.engine.session import WorldSession
+    from games.data.actions import ActionSpace
 
     n = int(round(minutes * 60 * fps))
     block = int(round(block_seconds * fps))

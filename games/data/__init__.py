@@ -1,0 +1,1 @@
+"""The data contract shared by games and the world model: recordings, action spaces, action logs, video, errors."""

@@ -1,0 +1,1 @@
+"""Rolling Forcing distillation: the losses (ODE init, DMD, critic) and the distiller."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, fidelity, drift, control, the report."""

@@ -1,0 +1,1 @@
+"""The networks: rotary attention over frame tokens, the DiT denoiser, the codecs, flow matching."""

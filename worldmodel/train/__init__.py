@@ -1,0 +1,1 @@
+"""Training: clips from recordings, the run plumbing, teacher and codec training."""
