@@ -17,6 +17,7 @@ from games.data.errors import InputError
 class Game(ABC):
     name: str = "game"
     fps: int = 30  # the game's own tick rate
+    latency_ticks: int = 1  # step() calls from an action to the first frame that shows it (a world model: its window)
     # action key name -> pygame key names that hold it (resolved by runtime.input; games never import pygame)
     default_bindings: dict[str, tuple[str, ...]] = {}
 

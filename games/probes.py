@@ -61,8 +61,8 @@ class Probe:
 def control_accuracy(source, probe: Probe, n_trials: int, seed: int = 0, latency_ticks: int | None = None) -> dict:
     """Runs ``n_trials`` trials of ``probe`` on ``source`` (protocol in the module docstring) and returns
     ``{"accuracy": correct / decided (nan if none), "decided": int, "n": int, "by_kind": {kind: {...}}}``.
-    ``latency_ticks`` defaults to the source's own (1 if it has none)."""
-    latency = int(latency_ticks if latency_ticks is not None else getattr(source, "latency_ticks", 1))
+    ``latency_ticks`` defaults to the source's own."""
+    latency = int(latency_ticks if latency_ticks is not None else source.latency_ticks)
     if latency < 1:
         raise InputError(f"latency_ticks must be at least 1, got {latency}")
     noop = np.zeros(source.action_space.size, np.float32)

@@ -22,9 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from games.data.actions import ActionSpace
-from games.data.errors import InputError
-from games.data.recording import (CHUNK_RE, EPISODE_RE, LOCK, MANIFEST, PARTIAL_RE, Recording, RecordingError,
-                             RecordingWriter, episode_dir_name, read_manifest, scan_episode)
+from games.data.errors import InputError, RecordingError
+from games.data.layout import (CHUNK_RE, EPISODE_RE, LOCK, MANIFEST, PARTIAL_RE, episode_dir_name, read_manifest,
+                               scan_episode)
+from games.data.recording import Recording
+from games.data.writer import RecordingWriter
 
 REPLAY_BLOCK = 256  # frames read at a time while replaying an episode to resume it
 
@@ -51,13 +53,13 @@ def record_dataset(out, game_factory, agent_name: str, episodes: int, frames: in
                    source: dict | None = None) -> RecordSummary:
     """Record ``episodes`` episodes of ``frames`` frames each to the dataset folder ``out`` (resuming it if it
     exists). ``game_factory()`` makes a fresh Game; ``make_agent(name, game, seed)`` an agent whose ``act()``
-    returns the action for the current frame (default: ``games.make_agent``). ``source`` is extra provenance
+    returns the action for the current frame (default: ``games.agents.make_agent``). ``source`` is extra provenance
     stored with each new episode. On KeyboardInterrupt or SIGTERM the frames appended so far are written and the
     interrupt propagates (SIGTERM as SystemExit(143))."""
     if episodes < 1 or frames < 1:
         raise InputError(f"need episodes >= 1 and frames >= 1, got episodes={episodes}, frames={frames}")
     if make_agent is None:
-        from games import make_agent  # lazily: games/__init__ imports every game
+        from games.agents import make_agent  # lazily: games.agents imports every game
     t0 = time.perf_counter()
     probe = game_factory()  # only for the dataset's settings
     space: ActionSpace = probe.action_space

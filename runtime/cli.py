@@ -64,15 +64,32 @@ def _help() -> str:
 
 
 def _normalise_overrides(overrides: list[str]) -> list[str]:
-    """``game=gym:<env id>`` is shorthand for ``game=gym game.env_id=<env id>``."""
+    """``game=gym:<env id>`` is shorthand for ``game=gym game.env_id=<env id>``. ``model.size=X`` and
+    ``model.<key>=V`` are the older spelling of ``model=X`` and ``<key>=V`` (the denoiser's settings are flat, as in
+    ``TrainConfig``: ``model=tiny patch=4``)."""
     out = []
     for ov in overrides:
         key, sep, value = ov.partition("=")
         if sep and key == "game" and value.startswith("gym:"):
             out += ["game=gym", f"game.env_id={value[4:]}"]
+        elif sep and key.startswith("model."):
+            out.append(f"{'model' if key == 'model.size' else key[len('model.'):]}={value}")
         else:
             out.append(ov)
     return out
+
+
+def _one_line(e: Exception) -> str:
+    """Hydra's error in one line, with the reason a value was refused (``Error merging override steps=abc: Value
+    'abc' of type 'str' could not be converted to Integer``) and where (``full_key``) when it does not say."""
+    line = " ".join(str(e).split("\n")[:2]).strip()
+    cause = e.__cause__
+    if cause is not None and str(cause).strip():
+        line += ": " + str(cause).strip().splitlines()[0]
+    key = getattr(cause, "full_key", None) or getattr(e, "full_key", None)
+    if key and key not in line:
+        line += f" ({key})"
+    return line
 
 
 def compose(command: str, overrides: list[str], require: bool = True):
@@ -85,10 +102,13 @@ def compose(command: str, overrides: list[str], require: bool = True):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from runtime.config import register
+
     for ov in overrides:
         if "=" not in ov or ov.startswith("-"):
             raise InputError(f"bad argument {ov!r}: settings are given as key=value")
     GlobalHydra.instance().clear()
+    register(command)
     try:
         with initialize_config_module(config_module="configs", version_base=None):
             cfg = hydra_compose(config_name=command, overrides=_normalise_overrides(overrides))
@@ -100,7 +120,7 @@ def compose(command: str, overrides: list[str], require: bool = True):
             hint = " (choose from pong, maze, gym:<env id>)"
         raise InputError(f"{first}{hint}") from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise InputError(" ".join(str(e).split("\n")[:2]).strip()) from None
+        raise InputError(_one_line(e)) from None
     if not require:
         return cfg
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -119,6 +139,7 @@ def run(command: str, overrides: list[str]) -> int:
     if command not in COMMANDS:
         raise InputError(f"unknown command {command!r}; commands: {', '.join(COMMANDS)}")
     module, func = COMMANDS[command][1].split(":")
+    overrides = _normalise_overrides(overrides)
     cfg = compose(command, overrides)
     handler = getattr(importlib.import_module(module), func)
     # commands that resume a run need to know which settings were given now (the rest come from the run)

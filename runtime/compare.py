@@ -1,8 +1,8 @@
 """Compare mode: the real game and the world model side by side, fed the same inputs from the same start frame.
 
-``CompareSource`` is a frame source like any other (``reset(seed)``, ``step(action)``, ``action_space``, ``fps``,
-``latency_ticks``), so the play loop, recording and replay need nothing special for it. Each tick it steps both
-and returns one frame: the real game on the left, the world model on the right, a thin white separator between.
+``CompareSource`` is a frame source like any other (``runtime.source.FrameSource``), so the play loop, recording
+and replay need nothing special for it. Each tick it steps both and returns one frame: the real game on the left,
+the world model on the right, a thin white separator between.
 
 Latency: the world model shows the effect of an action ``latency_ticks`` steps later than the game (Rolling
 Forcing: the frame that carries an action enters the window as noise and leaves it clean W ticks later). The dream
@@ -15,11 +15,12 @@ import numpy as np
 
 from games.data.errors import InputError
 from games.data.video import hstack
+from runtime.source import FrameSource
 
 GAP = 2  # pixels of separator between the panes
 
 
-class CompareSource:
+class CompareSource(FrameSource):
     """Real game (left) | world model (right). ``game`` must have the session's frame size and controls."""
 
     def __init__(self, game, session):
@@ -28,7 +29,7 @@ class CompareSource:
         if (game.height, game.width) != tuple(session.frame_size):
             raise InputError(f"game {game.name} makes {game.width}x{game.height} frames, the world model "
                              f"{session.frame_size[1]}x{session.frame_size[0]}")
-        check_action_space(session.metadata, game.action_space)
+        check_action_space(session.info, game.action_space)
         self.game, self.session = game, session
         self.name = f"{game.name}: real | world model"
         self.height, self.width = game.height, 2 * game.width + GAP

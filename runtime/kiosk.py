@@ -25,6 +25,7 @@ from games.data.errors import InputError
 from runtime.display import Overlay, fit_viewport
 from runtime.hud import Banner
 from runtime.player import PlaySession
+from runtime.source import FrameSource
 
 log = logging.getLogger("rollingworld.kiosk")
 
@@ -145,16 +146,16 @@ class DegenerateFrames(RuntimeError):
     """The watchdog fired twice within ``watchdog_fault_seconds``: resetting does not help, rebuild the source."""
 
 
-def attract_agent(name: str, source, seed: int):
+def attract_agent(name: str, source: FrameSource, seed: int):
     """The agent of attract mode: ``auto`` is the game's heuristic agent where it has one, else random."""
-    from games import make_agent
-    from games.agents import HEURISTICS, RandomAgent
+    from games.agents import HEURISTICS, RandomAgent, make_agent
 
     if name == "auto":
-        name = "heuristic" if any(isinstance(source, game) for game in HEURISTICS) else "random"
+        name = "heuristic" if any(isinstance(source.game, game) for game in HEURISTICS) else "random"
     if name == "random":
         return RandomAgent(source, seed)  # needs only the source's action space and tick count
-    return make_agent(name, source, seed)
+    # a source with no real game behind it (a world model alone) gets make_agent's "no heuristic agent" error
+    return make_agent(name, source if source.game is None else source.game, seed)
 
 
 def _hide_cursor() -> None:
@@ -171,7 +172,7 @@ class KioskSession(PlaySession):
     supervisor's restarts; ``play``: the ``PlaySession`` settings (fps, controls, hud, title, screenshots).
     """
 
-    def __init__(self, source, display, input_mapper, agent, config: KioskConfig, events: KioskLog,
+    def __init__(self, source: FrameSource, display, input_mapper, agent, config: KioskConfig, events: KioskLog,
                  last_input: float | None = None, **play):
         super().__init__(source, display, input_mapper, **play)
         self.config, self.events = config, events
@@ -187,7 +188,7 @@ class KioskSession(PlaySession):
         self._attract_since = self._session_began = 0.0
         self._attract_ticks = self._session_ticks = self._session_overruns = 0
         self._watchdog_at = float("-inf")
-        picture_width = fit_viewport((source.width, source.height), tuple(getattr(display, "size", (512, 512))))[2]
+        picture_width = fit_viewport((source.width, source.height), tuple(display.size))[2]
         self.banner = Banner(config.banner, picture_width, config.banner_blink_seconds)
 
     # -- sessions --

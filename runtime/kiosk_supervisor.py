@@ -100,7 +100,7 @@ class Kiosk:
         wait = min(self.config.backoff_seconds * 2 ** (len(self.faults) - 1), self.config.backoff_max_seconds)
         if self._notice is None:
             h, w = self._last_frame.shape[:2]
-            size = tuple(getattr(self.display, "size", (512, 512)))
+            size = tuple(self.display.size)
             self._notice = Banner("ONE MOMENT PLEASE", fit_viewport((w, h), size)[2], blink_s=0)
         notice = Overlay(self._notice.image(0.0, 0.0), "center")
         end = time.monotonic() + wait

@@ -1,6 +1,6 @@
 """The whole path from gameplay to a shipped student in one resumable run (``rollingworld pipeline``).
 
-DESIGN.md "Data flow" as stages, each in its own folder under ``out``:
+The data flow of ``docs/architecture.md`` as stages, each in its own folder under ``out``:
 
 =========  =========  =======================================================================================
 stage      folder     what it writes
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from games.data.recording import atomic_write
+from games.data.layout import atomic_write
 from worldmodel.checkpoint import load_checkpoint
 
 STAGES = ("record", "codec", "teacher", "distill", "eval")
@@ -195,7 +195,7 @@ def distill_stage(cfg) -> Stage:
         from worldmodel.distill.distiller import distill
 
         path = distill(replace(cfg, resume=resume))
-        done = load_checkpoint(path).metadata.get("distill", {})
+        done = load_checkpoint(path).info.distill
         if cfg.dmd_steps:
             return _short_of(path, int(done.get("dmd_steps", 0)), cfg.dmd_steps, "DMD steps")
         return _short_of(path, int(done.get("ode_steps", 0)), cfg.ode_steps, "ODE steps")

@@ -1,7 +1,7 @@
 """A play session: any frame source driven at a fixed tick by a player (or a scripted agent), shown on a display.
 
-The frame source is anything with ``reset(seed) -> frame``, ``step(action) -> frame``, an ``action_space``
-and a ``fps``: the real games now, the world model later. This module owns time, input and pixels, never maths.
+The frame source is a ``runtime.source.FrameSource``: a real game, a world model, both side by side, or any of
+these being recorded. This module owns time, input and pixels, never maths.
 Each tick: read the input held while the current frame was shown -> record (frame, action) -> step -> show.
 
 The player's controls (``runtime.input.Controls``) act on the session, never on the source's frames: pause (the
@@ -10,7 +10,6 @@ picture), a screenshot of the clean frame, fullscreen, and the mouse grab for ga
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from runtime.display import Overlay
 from runtime.hud import PlayMeter, TextPanel, format_hud, help_lines
 from runtime.input import Controls, InputMapper
 from runtime.loop import TickLoop, TickStats
+from runtime.source import FrameSource
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 log = logging.getLogger("rollingworld.play")
@@ -45,7 +45,7 @@ class PlaySession:
     ``frames`` counts ticks, paused ones included.
     """
 
-    def __init__(self, source, display, input_mapper: InputMapper | None = None, fps: float | None = None,
+    def __init__(self, source: FrameSource, display, input_mapper: InputMapper | None = None, fps: float | None = None,
                  agent=None, on_frame: Callable[[np.ndarray, np.ndarray], None] | None = None,
                  title: str = "rollingworld", *, controls: Controls | None = None, hud: bool = False,
                  screenshots: str | os.PathLike = "screenshots", on_reset: Callable[[int], None] | None = None):
@@ -64,8 +64,8 @@ class PlaySession:
         self.frame: np.ndarray | None = None
         self.action = source.action_space.noop()  # the action of the last step
         self.seed = self.start_seed = 0
-        self.meter = PlayMeter(getattr(source, "latency_ticks", 1))
-        size = getattr(display, "size", (512, 512))
+        self.meter = PlayMeter(source.latency_ticks)
+        size = display.size
         self._panel = TextPanel(size=max(14, min(24, size[1] // 24)))
         self._help_panel = TextPanel(size=max(14, min(24, size[1] // 24)))
         self._wants_grab = bool(source.action_space.mouse and agent is None and input_mapper is not None)
@@ -99,16 +99,12 @@ class PlaySession:
     def reset(self, new_start: bool = False) -> np.ndarray:
         """Restart from the same start with a new seed; ``new_start``: from a new start too.
 
-        A source whose ``reset`` takes ``start_seed`` (a world model: start screen and sampling noise apart) gets
-        ``reset(seed + 1, start_seed=start)``. For any other source the seed *is* the start, so a restart replays
-        ``reset(start)`` and a new start is ``reset(start + 1)``.
+        The source gets ``reset(seed + 1, start_seed=start)``: a world model samples new noise from the same start
+        screen, a real game (no noise) replays the same start.
         """
         self.seed += 1
         self.start_seed += int(new_start)
-        if "start_seed" in inspect.signature(self.source.reset).parameters:
-            self.frame = self.source.reset(self.seed, start_seed=self.start_seed)
-        else:
-            self.frame = self.source.reset(self.start_seed)
+        self.frame = self.source.reset(self.seed, start_seed=self.start_seed)
         self.meter.restart()
         self.action = self.source.action_space.noop()
         log.info("reset: seed %d, start %d", self.seed, self.start_seed)
@@ -120,10 +116,10 @@ class PlaySession:
         """Write the current frame (no overlays) at the display's scale, nearest-neighbour, as a PNG."""
         from PIL import Image
 
-        k = max(1, int(getattr(self.display, "scale", 1)))
+        k = max(1, int(self.display.scale))
         image = np.repeat(np.repeat(self.frame, k, axis=0), k, axis=1)
         self.screenshots.mkdir(parents=True, exist_ok=True)
-        name = str(getattr(self.source, "name", "frame")).split(" ")[0]
+        name = self.source.name.split(" ")[0]
         while True:
             self._shots += 1
             path = self.screenshots / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{self._shots:03d}.png"
@@ -135,7 +131,7 @@ class PlaySession:
     def _grab(self, grab: bool) -> None:
         """Grab the mouse for games that use it (released while paused or unfocused)."""
         grab = grab and self._wants_grab
-        if grab != self._grabbed and hasattr(self.display, "grab_mouse"):
+        if grab != self._grabbed:
             self.display.grab_mouse(grab)
             self._grabbed = grab
 
@@ -189,11 +185,7 @@ class PlaySession:
         return tuple(overlays)
 
     def _show(self) -> None:
-        overlays = self._overlays()
-        if overlays:
-            self.display.show(self.frame, overlays)
-        else:
-            self.display.show(self.frame)  # displays that know nothing of overlays still work
+        self.display.show(self.frame, self._overlays())
 
     def _tick(self, t: int) -> bool:
         self._poll_events()

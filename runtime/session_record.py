@@ -31,6 +31,7 @@ import numpy as np
 
 from games.data.actions import ActionSpace
 from games.data.errors import InputError
+from runtime.source import FrameSource
 
 FORMAT = "rollingworld-session"
 VERSION = 1
@@ -59,23 +60,25 @@ def session_header(ckpt, session, seed: int, threads: int, compare: bool, video)
     return {"format": FORMAT, "version": VERSION,
             "checkpoint": {"path": str(Path(ckpt).resolve()), "sha256": file_sha256(ckpt)},
             "engine": asdict(session.cfg), "threads": int(threads), "seed": int(seed), "start": "game",
-            "game": session.metadata["provenance"].get("game"), "compare": bool(compare),
+            "game": session.info.game, "compare": bool(compare),
             "frame": {"height": session.frame_size[0], "width": session.frame_size[1]},
-            "fps": session.metadata.get("frame", {}).get("fps", 30),
+            "fps": session.info.fps,
             "action_space": session.action_space.to_dict(), "video": Path(video).name}
 
 
-class SessionRecorder:
+class SessionRecorder(FrameSource):
     """Wraps a frame source: every frame it returns goes to the mp4, every tick to the JSONL sidecar.
 
-    Anything else (``name``, ``fps``, ``action_space``, ...) is the wrapped source's. ``close()`` finishes the mp4;
-    call it in a ``finally`` so that Ctrl-C or a closed window still leaves a playable file.
+    It shows what the wrapped source shows (its name, size, rate, controls). ``close()`` finishes the mp4; call it
+    in a ``finally`` so that Ctrl-C or a closed window still leaves a playable file.
     """
 
-    def __init__(self, source, video, header: dict):
+    def __init__(self, source: FrameSource, video, header: dict):
         from games.data.video import VideoWriter
 
         self.source, self.header = source, header
+        self.name, self.width, self.height, self.fps = source.name, source.width, source.height, source.fps
+        self.action_space, self.default_bindings, self.game = source.action_space, source.default_bindings, source.game
         self.path = sidecar(video)
         self.video = VideoWriter(video, fps=header["fps"], scale=VIDEO_SCALE)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,10 +86,13 @@ class SessionRecorder:
         self.ticks = 0
         self._started = False
 
-    def __getattr__(self, name):  # only called for what this wrapper does not have itself
-        if name == "source":
-            raise AttributeError(name)
-        return getattr(self.source, name)
+    @property
+    def latency_ticks(self) -> int:
+        return self.source.latency_ticks
+
+    @property
+    def t(self) -> int:
+        return self.source.t
 
     def _write(self, line: dict) -> None:
         self._log.write(json.dumps(line) + "\n")

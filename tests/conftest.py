@@ -72,7 +72,7 @@ def tiny_checkpoint(path, game="pong", seed=0):
     perturbed so that the action conditioning changes the frames (zero-initialised gates would hide it)."""
     import torch
 
-    from games import make_game
+    from games.registry import make_game
     from worldmodel.checkpoint import save_checkpoint
     from worldmodel.nn.codec import make_codec
     from worldmodel.nn.flow import NoiseSchedule

@@ -19,7 +19,7 @@ START_FRAMES = 3  # as if distilled with 3 start frames (the default is 4)
 def tiny_student(path, game="pong"):
     """A student checkpoint laid out as ``distill`` writes it (``model.``, ``codec.``, ``engine`` and ``distill``
     metadata): a tiny DiT over a conv-AE codec, random weights perturbed so that every part matters."""
-    from games import make_game
+    from games.registry import make_game
     from worldmodel.checkpoint import save_checkpoint
     from worldmodel.nn.codec import make_codec
     from worldmodel.nn.flow import NoiseSchedule
@@ -54,7 +54,7 @@ def main(capsys, *args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """A tiny student, a 3-episode pong recording and the student bundled from them with starts=2."""
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
 
     root = tmp_path_factory.mktemp("bundle")
@@ -92,7 +92,8 @@ def test_bundle_halves_the_weights_and_stores_the_recordings_start_frames(made):
 def test_the_bundled_model_plays_like_its_float32_source(made):
     """fp16 rounding only. Measured: mean |difference| of 24 generated uint8 frames 0.014 grey levels (max 1),
     against 40 between two noise seeds of the float32 model."""
-    from worldmodel.engine.session import EngineConfig, WorldSession
+    from worldmodel.engine.config import EngineConfig
+    from worldmodel.engine.session import WorldSession
 
     torch.set_num_threads(1)
     cfg = EngineConfig(**ENGINE)
@@ -111,9 +112,10 @@ def test_the_bundled_model_plays_like_its_float32_source(made):
 
 def test_sessions_start_from_the_stored_frames_also_for_a_game_not_ours(made, tmp_path):
     from runtime.commands.play import WorldSource
-    from runtime.commands.world import _start_frames
+    from runtime.worlds import start_frames
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
-    from worldmodel.engine.session import EngineConfig, WorldSession
+    from worldmodel.engine.config import EngineConfig
+    from worldmodel.engine.session import WorldSession
 
     ckpt = load_checkpoint(made["bundled"])
     stored = ckpt.tensors["start.frames"].numpy()
@@ -123,7 +125,7 @@ def test_sessions_start_from_the_stored_frames_also_for_a_game_not_ours(made, tm
     source = WorldSource(session)
     assert np.array_equal(source.reset(0), stored[0][-1])
     assert np.array_equal(source.reset(0, start_seed=3), stored[1][-1])  # start seed % K picks the sequence
-    assert np.array_equal(_start_frames(session, "game", 5), stored[1])  # dream and bench: all S frames
+    assert np.array_equal(start_frames(session, "game", 5), stored[1])  # dream and bench: all S frames
     unbundled = save_checkpoint(tmp_path / "bare.safetensors",
                                 {k: v for k, v in ckpt.tensors.items() if not k.startswith("start.")}, meta)
     with pytest.raises(InputError, match="no start frames"):
@@ -132,15 +134,15 @@ def test_sessions_start_from_the_stored_frames_also_for_a_game_not_ours(made, tm
 
 def test_engine_settings_come_from_the_checkpoint_unless_given(made, tmp_path):
     from runtime.cli import compose
-    from runtime.commands.world import _engine_config
+    from runtime.worlds import engine_config
 
     def engine(command, ckpt, *overrides):
         out = ["out=x.mp4"] if command == "dream" else []
-        cfg = _engine_config(compose(command, [f"ckpt={ckpt}", *overrides, *out]))
+        cfg = engine_config(compose(command, [f"ckpt={ckpt}", *overrides, *out]))
         return {"window": cfg.window, "sink": cfg.sink, "recent": cfg.recent}
 
     teacher = tiny_checkpoint(tmp_path / "teacher.safetensors")  # no engine metadata: the defaults
-    for command in ("play", "bench", "dream"):
+    for command in ("play", "bench", "dream", "kiosk"):
         assert engine(command, made["bundled"]) == ENGINE
         assert engine(command, made["bundled"], "sink=1", "window=2") == {**ENGINE, "sink": 1, "window": 2}
         assert engine(command, teacher) == {"window": 4, "sink": 1, "recent": 4}
@@ -173,7 +175,7 @@ def test_play_without_ckpt_plays_the_bundled_model_of_its_game(made, tmp_path, m
 
 
 def test_bad_inputs_are_one_line_errors(made, tmp_path, capsys):
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
 
     record_dataset(tmp_path / "maze", lambda: make_game("maze"), "random", 1, 4, progress=False)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from games import make_game
 from games.data.errors import InputError
+from games.registry import make_game
 from worldmodel.nn.codec import CODECS, Codec, ConvAutoencoder, PatchCodec, make_codec, time_codec
 
 TINY_AE = dict(type="conv_ae", down=4, latent_channels=4, width=8, blocks=1)

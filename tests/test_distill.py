@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import assert_one_line_error, tiny_checkpoint
-from worldmodel.engine.session import EngineConfig, WorldSession
+from worldmodel.engine.config import EngineConfig
+from worldmodel.engine.session import WorldSession
 from worldmodel.engine.rollout import Rollout, gradient_windows
 
 TINY_TEACHER = ["model=tiny", "batch=2", "clip_len=8", "val_every=1000", "sample_every=1000", "threads=1",
@@ -17,7 +18,7 @@ TINY_DISTILL = ["ode_pairs=4", "ode_batch=2", "batch=2", "rollout_frames=8", "cr
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny teacher trained for a few steps on a small pong recording: (checkpoint, recording)."""
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
     from tests.conftest import run_cli
 
@@ -49,10 +50,11 @@ def _start_and_actions(session, n_actions, seed=0):
     return start, acts
 
 
-@pytest.mark.parametrize("mode", ["rolling", "rolling_nosink", "framewise"])
-def test_batch_one_rollout_reproduces_the_engine(tmp_path, mode):
+@pytest.mark.parametrize("mode,sink", [("rolling", 1), ("rolling", 0), ("framewise", 1)])
+def test_batch_one_rollout_reproduces_the_engine(tmp_path, mode, sink):
     """The student trains on exactly what it plays: same passes, same cache, same noise order as WorldSession."""
-    session = WorldSession.from_checkpoint(tiny_checkpoint(tmp_path / "t.safetensors"), EngineConfig(mode=mode))
+    session = WorldSession.from_checkpoint(tiny_checkpoint(tmp_path / "t.safetensors"),
+                                           EngineConfig(mode=mode, sink=sink))
     start, acts = _start_and_actions(session, 10)
     session.reset(start, seed=5)
     played = np.stack([session.step(a) for a in acts])
@@ -60,7 +62,7 @@ def test_batch_one_rollout_reproduces_the_engine(tmp_path, mode):
     warm = W - 1 if mode != "framewise" else 0  # a session's first W-1 frames hold no key
     noop = np.zeros((warm, acts.shape[1]), np.float32)
     tail = np.zeros((W, acts.shape[1]), np.float32)
-    rollout = Rollout(session.denoiser, session.levels, mode, sink=1, recent=4)
+    rollout = Rollout(session.denoiser, session.levels, mode, sink=sink, recent=4)
     with torch.no_grad():
         out = rollout.run(session.codec.encode(torch.from_numpy(start))[None],
                           torch.from_numpy(np.concatenate([noop, acts, tail]))[None], 10, torch.Generator().manual_seed(5))
@@ -118,6 +120,25 @@ def test_one_dmd_step_changes_student_and_critic_and_keeps_them_finite(teacher, 
     assert all(torch.equal(before["teacher"][k], v) for k, v in d.teacher.net.state_dict().items())  # frozen
 
 
+def test_every_draw_of_training_has_its_own_random_sources():
+    """However many critic steps a student step has, no two draws share a seed: seeds packed as
+    ``step * 1000 + sub`` made critic draw 1000 of DMD step 0 repeat draw 0 of step 1 once critic_steps >= 999."""
+    from worldmodel.train.run import step_generators
+
+    def sources(*key):
+        rng, g = step_generators(0, *key)
+        return int(rng.integers(2**63)), g.initial_seed()
+
+    critic_steps = 1500
+    keys = [(rank, "critic", step, sub) for rank in (0, 1) for step in range(2) for sub in range(critic_steps)]
+    keys += [(rank, phase, step) for rank in (0, 1) for phase in ("student", "ode", "pairs", "teacher", "codec")
+             for step in range(2)]
+    drawn = [sources(*key) for key in keys]
+    assert len({np_draw for np_draw, _ in drawn}) == len(keys)
+    assert len({torch_seed for _, torch_seed in drawn}) == len(keys)
+    assert sources(0, "critic", 1, 1000) == sources(0, "critic", 1, 1000)  # a pure function of its key: resume
+
+
 def test_distill_writes_students_and_resume_equals_an_uninterrupted_run(cli, teacher, tmp_path):
     ckpt, data = teacher
     common = [f"teacher={ckpt}", f"data={data}", *TINY_DISTILL]
@@ -134,7 +155,7 @@ def test_distill_writes_students_and_resume_equals_an_uninterrupted_run(cli, tea
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the student plays in the engine with the window it was trained for
     session = WorldSession.from_checkpoint(full / "student.safetensors")
-    assert session.metadata["kind"] == "student" and session.metadata["engine"]["window"] == 4
+    assert session.info.kind == "student" and session.info.engine.window == 4
     session.reset(np.zeros((64, 64, 3), np.uint8))
     frame = session.step(np.zeros(session.action_space.size, np.float32))
     assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8

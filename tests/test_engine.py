@@ -6,7 +6,8 @@ import torch
 from games.data.actions import ActionSpace
 from games.data.errors import InputError
 from worldmodel.nn.codec import make_codec
-from worldmodel.engine.session import MODES, EngineConfig, WorldSession
+from worldmodel.engine.config import MODES, EngineConfig
+from worldmodel.engine.session import WorldSession
 from worldmodel.nn.flow import Denoiser, NoiseSchedule
 from worldmodel.nn.dit import make_model
 
@@ -29,30 +30,31 @@ def _start(n=1):
 
 
 class Recorder:
-    """Wraps a session's cache to remember every clean latent and action pushed into it, in order."""
+    """Remembers every clean latent and action a session's window re-encodes into its cache, in order."""
 
     def __init__(self, session):
         self.latents, self.actions = [], []
-        original = session._push_clean
+        original = session.window.push_clean
 
         def push_clean(latent, actions):
             self.latents.append(latent)
             self.actions.append(actions)
             original(latent, actions)
-        session._push_clean = push_clean
+        session.window.push_clean = push_clean
 
 
 def test_cached_rolling_step_equals_recomputing_without_cache():
     s = _session(sink=1, recent=8, fuse_reencode=False)
-    rec = Recorder(s)
     start = _start(2)
     s.reset(start, seed=1)
+    rec = Recorder(s)  # after the reset: the warm-up re-encodes nothing (no frame leaves the window before tick 1)
     for t in range(3):
         s.step(SPACE.encode(["UP"] if t % 2 else []))
     # the next tick's window, as the engine would denoise it
-    x = torch.cat([f["x"] for f in s.window], 1)
-    sigma = torch.tensor([[s.levels[f["level"]] for f in s.window]])
-    actions = torch.stack([f["action"] for f in s.window])[None]
+    frames = s.window.frames
+    x = torch.cat([f["x"] for f in frames], 1)
+    sigma = torch.tensor([[s.levels[f["level"]] for f in frames]])
+    actions = torch.stack([f["action"] for f in frames], 1)
     with torch.no_grad():
         cached = s._pass(x, sigma, actions)
         # the same attention from scratch: start frames and emitted frames as clean inputs, then the window
@@ -92,7 +94,7 @@ def test_memory_and_shapes_stay_constant_over_many_ticks():
     for t in range(40):
         frame = s.step(SPACE.encode(["DOWN"]))
     assert s.cache.nbytes() == nbytes and s.cache.n_frames == n == 3
-    assert len(s.window) == s.cfg.window - 1
+    assert len(s.window.frames) == s.cfg.window - 1
     assert frame.shape == (32, 32, 3) and frame.dtype == np.uint8
 
 
@@ -123,7 +125,7 @@ def test_bad_start_frames_and_actions_are_clear_errors():
 
 
 def test_dream_and_bench_commands(cli, tmp_path):
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
 
     record_dataset(tmp_path / "pong", lambda: make_game("pong"), "random", 2, 30, progress=False)

@@ -50,7 +50,7 @@ def test_ssim_matches_a_direct_computation_at_one_window():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
 
     root = tmp_path_factory.mktemp("eval")
@@ -124,13 +124,13 @@ def test_bad_settings_are_one_line_errors(cli, tiny, tmp_path, override, needles
 
 
 def test_data_of_another_game_is_a_one_line_error(cli, tiny, tmp_path):
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
 
     ckpt, _ = tiny
     record_dataset(tmp_path / "maze", lambda: make_game("maze"), "random", 1, 20, progress=False)
     r = cli("eval", f"ckpt={ckpt}", f"data={tmp_path / 'maze'}", f"out={tmp_path / 'ev'}", *TINY_EVAL)
-    assert_one_line_error(r, "action")
+    assert_one_line_error(r, "recording of 'maze'", "game is 'pong'")  # the same check as bundle
 
 
 def test_other_settings_in_a_used_folder_are_refused(cli, tiny, tmp_path):

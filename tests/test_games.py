@@ -5,9 +5,13 @@ import sys
 import numpy as np
 import pytest
 
-from games import ActionSpace, Game, InputError, make_agent, make_game
 from games import maze as maze_mod
 from games import pong as pong_mod
+from games.agents import make_agent
+from games.base import Game
+from games.data.actions import ActionSpace
+from games.data.errors import InputError
+from games.registry import make_game
 
 RESOLUTIONS = [(64, 64), (96, 64), (128, 128), (48, 80)]
 

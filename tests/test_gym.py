@@ -8,7 +8,8 @@ gym = pytest.importorskip("gymnasium")
 
 from games.data.errors import InputError  # noqa: E402
 from games.gym_game import GymGame  # noqa: E402
-from games.data.recording import Recording, RecordingWriter  # noqa: E402
+from games.data.recording import Recording  # noqa: E402
+from games.data.writer import RecordingWriter  # noqa: E402
 
 
 def play(game: GymGame, seed: int, steps: int, action_seed: int = 0):

@@ -13,14 +13,15 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from games import make_game
-from games.data.actions import ActionSpace
 from games.agents import MazeAgent, PongAgent, RandomAgent
+from games.data.actions import ActionSpace
 from games.data.errors import InputError
+from games.registry import make_game
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper, resolve_bindings
 from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent
 from runtime.kiosk_supervisor import Kiosk
+from runtime.source import FrameSource, GameSource
 from tests.conftest import ROOT, assert_one_line_error
 
 SIZE, SCALE = 32, 8  # a 32x32 frame on a 256x256 screen
@@ -29,12 +30,14 @@ FAST = dict(idle_seconds=100.0, banner_blink_seconds=0.0, backoff_seconds=0.01, 
 NO_DISPLAY = {"DISPLAY": ""}
 
 
-class FakeSource:
-    """One fixed picture per start seed; records every action; from step ``bad_from`` after a reset it returns
-    ``bad_frame``, from step ``fail_at`` it raises, and at step ``sleep_at`` it hangs for ``sleep_s``."""
+class FakeSource(FrameSource):
+    """One fixed picture per start seed; records every action and start; from step ``bad_from`` after a reset it
+    returns ``bad_frame``, from step ``fail_at`` it raises, and at step ``sleep_at`` it hangs for ``sleep_s``."""
 
     name = "fake"
     fps = 100
+    latency_ticks = 1
+    game = None  # no real game behind it: attract mode has no heuristic for it
 
     def __init__(self, mouse=False, fail_at=None, bad_from=None, bad_frame=None, sleep_at=None, sleep_s=0.0):
         self.action_space = ActionSpace(("UP", "DOWN"), mouse=mouse, buttons=("LEFT",) if mouse else ())
@@ -50,9 +53,10 @@ class FakeSource:
     def picture(seed):
         return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
 
-    def reset(self, seed):
-        self.resets.append(seed)
-        self.t, self.current = 0, self.picture(seed)
+    def reset(self, seed, start_seed=None):
+        start = seed if start_seed is None else start_seed
+        self.resets.append(start)
+        self.t, self.current = 0, self.picture(start)
         return self.current
 
     def step(self, action):
@@ -155,10 +159,10 @@ def post_once_the_window_is_open(*events_, delay=0.1) -> list:
 # -- attract mode and handover --
 
 def test_attract_agent_is_the_games_heuristic_where_it_has_one_else_random():
-    assert isinstance(attract_agent("auto", make_game("pong"), 0), PongAgent)
-    assert isinstance(attract_agent("auto", make_game("maze"), 0), MazeAgent)
+    assert isinstance(attract_agent("auto", GameSource(make_game("pong")), 0), PongAgent)
+    assert isinstance(attract_agent("auto", GameSource(make_game("maze")), 0), MazeAgent)
     assert isinstance(attract_agent("auto", FakeSource(), 0), RandomAgent)
-    assert isinstance(attract_agent("random", make_game("pong"), 0), RandomAgent)
+    assert isinstance(attract_agent("random", GameSource(make_game("pong")), 0), RandomAgent)
     with pytest.raises(InputError, match="no heuristic"):
         attract_agent("heuristic", FakeSource(), 0)
 

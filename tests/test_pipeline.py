@@ -67,7 +67,7 @@ def test_smoke_pipeline_runs_every_stage_and_the_student_plays(smoke):
     assert f"report: {out / 'eval' / 'report.md'}" in stdout and "\n| student | " in stdout  # its table row
 
     session = WorldSession.from_checkpoint(out / "distill" / "student.safetensors")
-    assert session.metadata["kind"] == "student" and session.metadata["codec"]["type"] == "conv_ae"
+    assert session.info.kind == "student" and session.info.raw["codec"]["type"] == "conv_ae"
     session.reset(Recording(out / "data")[0].frames(0, 4), seed=0)
     rng = np.random.default_rng(0)
     for _ in range(20):
@@ -162,7 +162,7 @@ def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
              (["+budget.distill.out=elsewhere"], ("budget.distill", "out", "pipeline")),
              (["budget.codec.type=vae"], ("budget.codec.type", "vae")),
              (["budget.teacher.clip_len=4"], ("clip_len", "window")),
-             (["budget.eval.drift.minutes=abc"], ("budget.eval.drift.minutes", "number")),
+             (["budget.eval.drift.minutes=abc"], ("budget.eval.drift.minutes", "float")),
              (["+budget.eval.drift.minutez=1"], ("budget.eval", "drift.minutez")),
              (["+budget.eval.ckpt=other.safetensors"], ("budget.eval", "ckpt", "pipeline")),
              (["budget.eval.sections=[fidelity,beauty]"], ("budget.eval.sections", "speed")),

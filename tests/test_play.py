@@ -7,32 +7,37 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
+from games.base import Game
 from games.data.actions import ActionSpace
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper
 from runtime.player import PlaySession
+from runtime.source import FrameSource, GameSource
 from tests.conftest import ROOT, assert_one_line_error
 
 SIZE, SCALE = 32, 8  # a 32x32 frame in a 256x256 window
 
 
-class FakeSource:
-    """A frame source that shows one fixed picture per start seed and counts its steps and resets."""
+class FakeSource(FrameSource):
+    """A frame source that shows one fixed picture per start seed and counts its steps and resets (seed, start)."""
+
+    name, fps, width, height, default_bindings, game = "fake", 60, SIZE, SIZE, {}, None
 
     def __init__(self, mouse=False, latency_ticks=1, work_s=0.0):
         self.action_space = ActionSpace(("UP", "DOWN"), mouse=mouse)
-        self.fps = 60
         self.latency_ticks = latency_ticks
         self.work_s = work_s
-        self.steps = 0
-        self.resets: list[int] = []
+        self.steps = self.t = 0
+        self.resets: list[tuple[int, int | None]] = []
 
-    def frame(self, seed: int) -> np.ndarray:
+    @staticmethod
+    def frame(seed: int) -> np.ndarray:
         return np.random.default_rng(seed).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
 
-    def reset(self, seed):
-        self.resets.append(seed)
-        self.current = self.frame(seed)
+    def reset(self, seed, start_seed=None):
+        self.resets.append((seed, start_seed))
+        self.current = self.frame(seed if start_seed is None else start_seed)
+        self.t = 0
         return self.current
 
     def step(self, action):
@@ -41,16 +46,34 @@ class FakeSource:
 
             time.sleep(self.work_s)
         self.steps += 1
+        self.t += 1
         return self.current
 
 
-class SeededStartSource(FakeSource):
-    """A source whose start and sampling seed are apart, as a world model's can be."""
+class FakeGame(Game):
+    """A game's own ``reset(seed)``: the seed is the start. Shows FakeSource's picture of it."""
 
-    def reset(self, seed, start_seed=None):
-        self.resets.append((seed, start_seed))
-        self.current = self.frame(seed if start_seed is None else start_seed)
-        return self.current
+    name = "fakegame"
+
+    def __init__(self):
+        super().__init__(SIZE, SIZE)
+        self.resets: list[int] = []
+
+    @property
+    def action_space(self) -> ActionSpace:
+        return ActionSpace(("UP", "DOWN"))
+
+    def reset(self, seed):
+        self.resets.append(seed)
+        self.t = 0
+        return self.render()
+
+    def step(self, action):
+        self.t += 1
+        return self.render()
+
+    def render(self):
+        return FakeSource.frame(self.resets[-1])
 
 
 def controls() -> Controls:
@@ -98,7 +121,7 @@ def test_pause_stops_stepping_the_source_and_says_so(window):
 def test_reset_restarts_with_a_new_seed_and_shift_reset_from_a_new_start(window):
     import pygame
 
-    source = SeededStartSource()
+    source = FakeSource()
     play = session(source, window)
     press(pygame.K_r)
     play.run(seed=5, frames=2)
@@ -108,12 +131,12 @@ def test_reset_restarts_with_a_new_seed_and_shift_reset_from_a_new_start(window)
     assert source.resets[-1] == (6, 6)  # a new start
     np.testing.assert_array_equal(window.read_screen(), scaled(source.frame(6)))
 
-    plain = FakeSource()  # reset(seed) only: the seed is the start
-    play = session(plain, window)
+    game = FakeGame()  # a real game has no noise: its seed is the start
+    play = session(GameSource(game), window)
     press(pygame.K_r)
     press(pygame.K_r, mod=pygame.KMOD_RSHIFT)
     play.run(seed=5, frames=2)
-    assert plain.resets == [5, 5, 6]
+    assert game.resets == [5, 5, 6]
 
 
 def test_screenshot_writes_the_clean_frame_upscaled(window, tmp_path, capsys):

@@ -7,9 +7,10 @@ from collections import deque
 import numpy as np
 import pytest
 
-from games import make_agent, make_game
+from games.agents import make_agent
 from games.data.errors import InputError
 from games.probes import PongProbe, ShuffledFrames, Trial, control_accuracy, probe_for
+from games.registry import make_game
 
 GAMES = ["pong", "maze"]
 N = 48  # trials: every kind of probe 8 (maze) or 12 (pong) times
@@ -110,7 +111,8 @@ def test_world_model_source_runs_the_same_protocol(tmp_path):
     """A world model (random weights) as the play loop's frame source: the protocol waits out its window."""
     from runtime.commands.play import WorldSource
     from tests.conftest import tiny_checkpoint
-    from worldmodel.engine.session import EngineConfig, WorldSession
+    from worldmodel.engine.config import EngineConfig
+    from worldmodel.engine.session import WorldSession
 
     class Counted(WorldSource):
         steps = 0

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from games import make_game
+from games.data.recording import Recording
 from games.pong import BACKGROUND, BALL, PLAYER
 from games.record import record_dataset
-from games.data.recording import Recording
+from games.registry import make_game
 from worldmodel.eval.quality import FrameQuality, corrupt, drift
 
 CLIP = 150  # 5 s at 30 fps, the length dDrift scores
@@ -116,7 +116,7 @@ def test_q_is_deterministic():
 
 def _play(name: str, seeds, n: int) -> list[np.ndarray]:
     """Clips [n, 64, 64, 3] of the heuristic agent playing ``name`` from each seed (without writing a dataset)."""
-    from games import make_agent
+    from games.agents import make_agent
 
     clips = []
     for seed in seeds:

@@ -18,9 +18,10 @@ import pytest
 
 from games.data.actions import ActionSpace
 from games.base import Game
-from games.data.errors import InputError
+from games.data.errors import InputError, RecordingError
+from games.data.recording import Recording, RecordingWarning
+from games.data.writer import RecordingWriter
 from games.record import check_dataset, record_dataset
-from games.data.recording import Recording, RecordingError, RecordingWarning, RecordingWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 16  # frames are 16x16: the smallest a Game allows

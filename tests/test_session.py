@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from games import make_game
 from games.data.video import hstack
+from games.registry import make_game
 from runtime.session_record import frame_sha1, read_session
 from tests.conftest import ROOT, assert_one_line_error, run_cli, tiny_checkpoint
 
@@ -43,7 +43,8 @@ def _count_frames(mp4):
 
 def _frames_in_process(ckpt, log, compare):
     """sha1 of the frames a plain WorldSession (and, for compare, the real game beside it) makes for the log."""
-    from worldmodel.engine.session import EngineConfig, WorldSession
+    from worldmodel.engine.config import EngineConfig
+    from worldmodel.engine.session import WorldSession
 
     threads = torch.get_num_threads()
     torch.set_num_threads(log.header["threads"])  # the same reduction order as the recorded run
@@ -88,7 +89,7 @@ def test_restarts_are_recorded_and_replayed(ckpt, cli, tmp_path):
     """The player's reset control restarts the source mid-session (``PlaySession.reset``): the recording goes on."""
     from runtime.commands.play import build_source
     from runtime.session_record import SessionRecorder, session_header
-    from worldmodel.engine.session import EngineConfig
+    from worldmodel.engine.config import EngineConfig
 
     threads = torch.get_num_threads()
     try:
@@ -182,11 +183,12 @@ def test_posted_keys_and_mouse_enter_the_newest_window_frame_and_the_screen_show
     import numpy as np
     import pygame
 
-    from runtime.commands.play import WorldSource, load_session
+    from runtime.commands.play import WorldSource
+    from runtime.worlds import load_session
     from runtime.display import Window
     from runtime.input import InputMapper, resolve_bindings
     from runtime.player import PlaySession
-    from worldmodel.engine.session import EngineConfig
+    from worldmodel.engine.config import EngineConfig
 
     source = WorldSource(load_session(ckpt, EngineConfig(), 1))
     space = source.action_space
@@ -194,7 +196,7 @@ def test_posted_keys_and_mouse_enter_the_newest_window_frame_and_the_screen_show
 
     def recording_step(action):
         frame = step(action)
-        newest.append(source.session.window[-1]["action"].numpy().copy())  # after the step: the frame just entered
+        newest.append(source.session.window.frames[-1]["action"][0].numpy().copy())  # after the step: the frame just entered
         return frame
 
     source.session.step = recording_step

@@ -1,4 +1,5 @@
 """Teacher training through the CLI: checkpoints, exact resume, DDP on CPU, and the errors a user can hit."""
+import json
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ TINY = ["model=tiny", "batch=2", "clip_len=4", "val_every=2", "sample_every=1000
 @pytest.fixture(scope="module")
 def pong_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "pong"
-    from games import make_game
+    from games.registry import make_game
     from games.record import record_dataset
 
     record_dataset(out, lambda: make_game("pong"), "heuristic", 3, 60, progress=False)
@@ -50,6 +51,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(cli, pong_data, t
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 7))  # the resumed run's metrics log holds each step once
 
 
 def test_kill_9_then_resume_matches_uninterrupted(cli, pong_data, tmp_path):

@@ -11,7 +11,8 @@ pytest.importorskip("av")
 from games.data.action_log import read_action_log, write_action_log  # noqa: E402
 from games.data.actions import ActionSpace  # noqa: E402
 from games.data.errors import InputError  # noqa: E402
-from games.data.recording import Recording, RecordingWriter  # noqa: E402
+from games.data.recording import Recording  # noqa: E402
+from games.data.writer import RecordingWriter  # noqa: E402
 from games.data.video import export_mp4, hstack, import_video, write_mp4  # noqa: E402
 
 FPS = 30

@@ -1,7 +1,7 @@
 """The real window under Xvfb: posted key events move the paddle and the screen shows the game's frame."""
 import numpy as np
 
-from games import make_game
+from games.registry import make_game
 from runtime.display import OffscreenDisplay, Window, fit_viewport
 from tests.conftest import assert_one_line_error
 
@@ -15,13 +15,14 @@ def test_posted_keys_move_the_paddle_and_the_screen_shows_the_frame(xdisplay):
 
     from runtime.input import InputMapper, resolve_bindings
     from runtime.player import PlaySession
+    from runtime.source import GameSource
 
     game = make_game("pong")
     window = Window((512, 512), capture=True)
     try:
         mapper = InputMapper(game.action_space, resolve_bindings(game.action_space, game.default_bindings))
         actions = []
-        session = PlaySession(game, window, mapper, fps=120, on_frame=lambda f, a: actions.append(a))
+        session = PlaySession(GameSource(game), window, mapper, fps=120, on_frame=lambda f, a: actions.append(a))
         game.reset(0)
         start_y = game.paddle_y
         pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_UP, mod=0, unicode="", scancode=0))

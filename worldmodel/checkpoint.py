@@ -2,8 +2,8 @@
 
 A checkpoint is one safetensors file. Its string metadata holds ``format`` (``FORMAT``), ``version``, ``data_sha256``
 (a checksum of the tensors, so flipped bits are caught) and ``rollingworld``: one JSON object with the model config,
-the action space, the codec, the noise schedule, the training step and the provenance of the data (DESIGN.md,
-"Checkpoints and data"). Loading never unpickles and never instantiates a class named in the file: the metadata is
+the action space, the codec, the noise schedule, the training step and the provenance of the data (read through
+``metadata.ModelInfo``). Loading never unpickles and never instantiates a class named in the file: the metadata is
 plain JSON that the caller reads, and the weights are plain tensors.
 
 Files are written atomically (a hidden ``.<name>.partial`` in the same folder, fsync, rename, fsync of the folder),
@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from games.data.actions import ActionSpace
 from games.data.errors import InputError
+from worldmodel.metadata import ModelInfo
 
 FORMAT = "rollingworld-checkpoint"
 VERSION = 1
@@ -46,6 +47,10 @@ class Checkpoint:
     path: Path
     tensors: dict[str, torch.Tensor]  # name -> tensor, e.g. "model.blocks.0.attn.qkv.weight"
     metadata: dict  # the JSON metadata: kind, model, action_space, codec, schedule, step, provenance, ...
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo.from_metadata(self.metadata)
 
     def group(self, prefix: str) -> dict[str, torch.Tensor]:
         """The tensors under ``prefix`` (e.g. "model."), named without it: a module's state dict."""
@@ -228,6 +233,30 @@ def load_checkpoint(path, device="cpu", expect: str | None = None) -> Checkpoint
     return Checkpoint(path=path, tensors=tensors, metadata=metadata)
 
 
+def read_model_info(path) -> ModelInfo:
+    """What the checkpoint ``path`` says of its model, from its header alone (the weights are not read)."""
+    metadata = parse_metadata(path, read_header(path), FORMAT, VERSION, "checkpoint")
+    problem = _missing_or_wrong(metadata)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
+    return ModelInfo.from_metadata(metadata)
+
+
+def check_recording_fits(info: ModelInfo, recording, data) -> None:
+    """An InputError unless ``recording`` (of the folder ``data``) shows the model's game at its frame size and
+    controls."""
+    if info.game is not None and recording.game != info.game:
+        raise InputError(f"{data} is a recording of {recording.game!r}, the checkpoint's game is {info.game!r}")
+    want = info.frame_size
+    if want is not None and (recording.height, recording.width) != want:
+        raise InputError(f"{data} has {recording.width}x{recording.height} frames, the checkpoint makes "
+                         f"{want[1]}x{want[0]}")
+    try:
+        check_action_space(info, recording.action_space)
+    except CheckpointError as e:
+        raise InputError(f"{data} does not fit the checkpoint: {e}") from None
+
+
 def describe_action_space(space: ActionSpace, scale: bool = False) -> str:
     """"keys UP, DOWN + mouse (buttons LEFT)": the controls in words, in vector order."""
     text = f"keys {', '.join(space.keys)}" if space.keys else "no keys"
@@ -241,12 +270,16 @@ def describe_action_space(space: ActionSpace, scale: bool = False) -> str:
 
 
 def check_action_space(checkpoint_metadata, action_space: ActionSpace) -> None:
-    """Raise a CheckpointError naming the difference if the checkpoint was trained on other controls."""
-    meta = checkpoint_metadata.metadata if isinstance(checkpoint_metadata, Checkpoint) else checkpoint_metadata
-    try:
-        trained = ActionSpace.from_dict(meta["action_space"])
-    except (KeyError, TypeError, InputError):
-        raise CheckpointError("the checkpoint does not say which actions it was trained on") from None
+    """Raise a CheckpointError naming the difference if the checkpoint (a ``Checkpoint``, its ``ModelInfo`` or
+    its metadata) was trained on other controls."""
+    if isinstance(checkpoint_metadata, ModelInfo):
+        trained = checkpoint_metadata.action_space
+    else:
+        meta = checkpoint_metadata.metadata if isinstance(checkpoint_metadata, Checkpoint) else checkpoint_metadata
+        try:
+            trained = ActionSpace.from_dict(meta["action_space"])
+        except (KeyError, TypeError, InputError):
+            raise CheckpointError("the checkpoint does not say which actions it was trained on") from None
     if trained == action_space:
         return
     theirs, ours = describe_action_space(trained), describe_action_space(action_space)

@@ -6,3 +6,7 @@ The CLI prints any ``InputError`` as one line and exits non-zero; anything else 
 
 class InputError(Exception):
     """Bad user input: a missing or corrupt file, an unknown name, a wrong shape or setting."""
+
+
+class RecordingError(InputError):
+    """A recording that is missing, corrupt, or does not fit the settings it is used with."""

@@ -197,7 +197,8 @@ def import_video(video, actions, out, width: int | None = None, height: int | No
     ``action_space``, else the dataset's, else the log's header, else those seen in the log; ``game`` to the
     dataset's, else "imported". A dataset that already exists must agree on all of these.
     """
-    from games.data.recording import Recording, RecordingWriter
+    from games.data.recording import Recording
+    from games.data.writer import RecordingWriter
 
     video, out = Path(video), Path(out)
     existing = _existing_dataset(out, Recording)

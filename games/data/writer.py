@@ -1,5 +1,5 @@
 """The writer half of gameplay recordings: ``RecordingWriter`` creates or extends a dataset, ``EpisodeWriter``
-appends frames in immutable chunks. The layout and its crash-safety rules are described in ``games.data.recording``.
+appends frames in immutable chunks. The layout and its crash-safety rules are described in ``games.data.layout``.
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from games.data.actions import ActionSpace
-from games.data.recording import (FORMAT, LOCK, MANIFEST, PARTIAL_RE, VERSION, RecordingError, atomic_write, chunk_crc,
-                             chunk_name, episode_dir_name, read_manifest, scan_episode)
+from games.data.errors import RecordingError
+from games.data.layout import (FORMAT, LOCK, MANIFEST, PARTIAL_RE, VERSION, atomic_write, chunk_crc, chunk_name,
+                               episode_dir_name, read_manifest, scan_episode)
 
 
 class RecordingWriter:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -25,21 +27,15 @@ DTYPES = ("float16", "bfloat16", "float32")
 START_FRAMES = 4  # start frames of a sequence when the checkpoint does not say (DistillConfig.start_frames)
 
 
-def _check_fits(meta: dict, rec, data) -> None:
-    """An InputError unless the recording ``rec`` shows the checkpoint's game at its frame size and controls."""
-    from worldmodel.checkpoint import CheckpointError, check_action_space
-
-    game = meta["provenance"].get("game")
-    if game is not None and rec.game != game:
-        raise InputError(f"{data} is a recording of {rec.game!r}, the checkpoint's game is {game!r}")
-    frame = meta.get("frame", {})
-    want = (frame.get("height"), frame.get("width"))
-    if None not in want and (rec.height, rec.width) != tuple(want):
-        raise InputError(f"{data} has {rec.width}x{rec.height} frames, the checkpoint makes {want[1]}x{want[0]}")
-    try:
-        check_action_space(meta, rec.action_space)
-    except CheckpointError as e:
-        raise InputError(f"{data} does not fit the checkpoint: {e}") from None
+@dataclass
+class BundleConfig:
+    ckpt: str = "???"  # the checkpoint to ship (rollingworld distill's student.safetensors)
+    data: str = "???"  # a recording of its game: the start frames are the first frames of its episodes
+    out: str = "???"  # the bundled checkpoint, e.g. assets/pong.safetensors
+    dtype: str = "float16"  # the denoiser's weights: float16 | bfloat16 | float32 (the codec stays float32)
+    starts: int = 8  # start sequences, one episode each; a session's start seed picks one (seed % starts)
+    start_frames: Optional[int] = None  # frames in a start sequence; None = as distilled (START_FRAMES if unsaid)
+    max_mb: float = 20.0  # refuse to write a file this large or larger (bundled models ship with the code)
 
 
 def start_frames(rec, starts: int, length: int) -> tuple[np.ndarray, list[int]]:
@@ -63,23 +59,23 @@ def run(cfg) -> int:
 
     from games.data.recording import Recording
     from runtime.session_record import file_sha256
-    from worldmodel.checkpoint import load_checkpoint, save_checkpoint
+    from worldmodel.checkpoint import check_recording_fits, load_checkpoint, save_checkpoint
 
     if cfg.dtype not in DTYPES:
         raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
-    if int(cfg.starts) < 1:
+    if cfg.starts < 1:
         raise InputError(f"starts must be at least 1, got {cfg.starts}")
-    source = Path(str(cfg.ckpt))
+    source = Path(cfg.ckpt)
     ckpt = load_checkpoint(source)
-    meta = ckpt.metadata
+    meta, info = ckpt.metadata, ckpt.info
     rec = Recording(cfg.data)
-    _check_fits(meta, rec, cfg.data)
-    distilled = meta.get("distill", {}).get("config", {})
-    length = int(cfg.start_frames or distilled.get("start_frames", START_FRAMES))
-    least = max(int(meta.get("engine", {}).get("sink", 1)), 1)  # the sink is filled from the start frames
+    check_recording_fits(info, rec, cfg.data)
+    distilled = info.distill.get("config", {})
+    length = cfg.start_frames or int(distilled.get("start_frames", START_FRAMES))
+    least = max(info.engine.sink if info.engine else 1, 1)  # the sink is filled from the start frames
     if length < least:
         raise InputError(f"start_frames must be at least {least} (the checkpoint's sink frames), got {length}")
-    frames, episodes = start_frames(rec, int(cfg.starts), length)
+    frames, episodes = start_frames(rec, cfg.starts, length)
 
     dtype = getattr(torch, cfg.dtype)
     tensors = {name: t.to(dtype) if name.startswith("model.") and t.is_floating_point() else t
@@ -87,14 +83,14 @@ def run(cfg) -> int:
     tensors["start.frames"] = torch.from_numpy(np.ascontiguousarray(frames))  # [K, S, H, W, 3] uint8
     meta = {**meta, "bundle": {
         "source": str(source.resolve()), "source_sha256": file_sha256(source), "dtype": cfg.dtype,
-        "data": str(Path(str(cfg.data)).resolve()), "game": rec.game, "start_episodes": episodes,
+        "data": str(Path(cfg.data).resolve()), "game": rec.game, "start_episodes": episodes,
         "start_frames": length, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
     size = _file_bytes(tensors, meta)
-    if size >= float(cfg.max_mb) * 1e6:
-        raise InputError(f"{cfg.out} would be {size / 1e6:.1f} MB, more than max_mb={cfg.max_mb}: use a smaller "
+    if size >= cfg.max_mb * 1e6:
+        raise InputError(f"{cfg.out} would be {size / 1e6:.1f} MB, more than max_mb={cfg.max_mb:g}: use a smaller "
                          "dtype or fewer starts, or raise max_mb")
     out = save_checkpoint(cfg.out, tensors, meta)
-    note = f" (the recording has {len(episodes)} episode(s) long enough)" if len(episodes) < int(cfg.starts) else ""
+    note = f" (the recording has {len(episodes)} episode(s) long enough)" if len(episodes) < cfg.starts else ""
     print(f"wrote {out}: {out.stat().st_size / 1e6:.2f} MB (from {source.stat().st_size / 1e6:.2f} MB), "
           f"denoiser {cfg.dtype}, codec as trained, {len(episodes)} starts of {length} frames{note}")
     return 0

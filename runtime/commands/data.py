@@ -1,6 +1,9 @@
 """Data commands: ``record``, ``check``, ``import``, ``export``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional
+
 from omegaconf import OmegaConf
 
 from games.data.actions import ActionSpace
@@ -8,15 +11,62 @@ from games.data.errors import InputError
 from runtime.commands.game import build_game
 
 
+@dataclass
+class RecordingPlan:
+    """What a scripted agent records (``games.record.record_dataset``); the pipeline's record stage too."""
+    agent: str = "heuristic"  # random | heuristic
+    episodes: int = 10
+    frames: int = 1000  # frames per episode
+    chunk_frames: int = 256  # frames per chunk file; a crash loses at most the chunk being written
+
+
+@dataclass
+class RecordConfig(RecordingPlan):
+    game: Any = None  # configs/game/<name>.yaml (game=pong)
+    out: str = "???"  # dataset folder
+    seed: int = 0  # episode i uses seed + i
+    progress: bool = True
+
+
+@dataclass
+class CheckConfig:
+    data: Optional[str] = None  # a dataset to verify
+    ckpt: Optional[str] = None  # a checkpoint to describe
+
+
+@dataclass
+class ImportConfig:
+    video: str = "???"  # the video (mp4)
+    actions: str = "???"  # its per-frame action log (JSONL)
+    out: str = "???"  # the dataset: a new one, or an existing one the episode is added to
+    width: Optional[int] = None  # frame size; None = the existing dataset's, else 64
+    height: Optional[int] = None
+    fps: Optional[float] = None  # output rate; None = the video's rate
+    name: Optional[str] = None  # game name stored in the dataset; None = the dataset's, else imported
+    keys: Any = None  # action keys in vector order, e.g. [W,A,S,D] (or one key); None = inferred from the log
+    mouse: Optional[bool] = None  # None = inferred from the log
+    mouse_scale: float = 20.0  # pixels of motion in one tick that count as full deflection
+    chunk_frames: int = 256
+    progress: bool = True
+
+
+@dataclass
+class ExportConfig:
+    data: str = "???"  # the dataset
+    out: str = "???"  # mp4; the action log goes beside it as JSONL
+    episode: Any = 0  # index or folder name
+    scale: int = 4  # integer upscaling (nearest) so small frames are watchable
+
+
 def record(cfg) -> int:
     from games.record import record_dataset
 
-    from games import make_agent
+    from games.agents import make_agent
 
-    make_agent(cfg.agent, build_game(cfg.game), int(cfg.seed))  # fail on a bad game or agent before writing
+    make_agent(cfg.agent, build_game(cfg.game), cfg.seed)  # fail on a bad game or agent before writing
     summary = record_dataset(cfg.out, game_factory=lambda: build_game(cfg.game), agent_name=cfg.agent,
-                             episodes=int(cfg.episodes), frames=int(cfg.frames), seed=int(cfg.seed),
-                             chunk_frames=int(cfg.chunk_frames), progress=bool(cfg.progress),
+                             episodes=cfg.episodes, frames=cfg.frames, seed=cfg.seed,
+                             chunk_frames=cfg.chunk_frames, progress=cfg.progress,
                              source={"game_config": OmegaConf.to_container(cfg.game)})
     print(summary.line())
     return 0
@@ -46,12 +96,12 @@ def import_(cfg) -> int:
     space = None
     if cfg["keys"] is not None:
         keys = [cfg["keys"]] if isinstance(cfg["keys"], str) else list(cfg["keys"])
-        space = ActionSpace(keys=tuple(keys), mouse=bool(cfg.mouse), mouse_scale=float(cfg.mouse_scale))
+        space = ActionSpace(keys=tuple(keys), mouse=bool(cfg.mouse), mouse_scale=cfg.mouse_scale)
     elif cfg.mouse is not None:
         raise InputError("mouse= needs keys= too (or leave both to be inferred from the log)")
     summary = import_video(cfg.video, cfg.actions, cfg.out, width=cfg.width, height=cfg.height, fps=cfg.fps,
-                           action_space=space, game=cfg.name, chunk_frames=int(cfg.chunk_frames),
-                           progress=bool(cfg.progress))
+                           action_space=space, game=cfg.name, chunk_frames=cfg.chunk_frames,
+                           progress=cfg.progress)
     print(f"{summary.root}: episode {summary.episode}, {summary.frames} frames at {summary.fps:g} fps "
           f"(from {summary.source_frames} video frames at {summary.source_fps:g} fps)")
     return 0
@@ -60,6 +110,6 @@ def import_(cfg) -> int:
 def export(cfg) -> int:
     from games.data.video import export_mp4
 
-    out = export_mp4(cfg.data, cfg.out, episode=cfg.episode, scale=int(cfg.scale))
+    out = export_mp4(cfg.data, cfg.out, episode=cfg.episode, scale=cfg.scale)
     print(f"wrote {out}")
     return 0

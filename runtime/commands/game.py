@@ -10,10 +10,12 @@ import sys
 
 from omegaconf import OmegaConf
 
-from games import make_agent, make_game
+from games.agents import make_agent
+from games.registry import make_game
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper, resolve_bindings
 from runtime.player import PlaySession, log as play_log
+from runtime.source import FrameSource, GameSource
 
 
 def build_game(game_cfg):
@@ -26,14 +28,15 @@ def build_game(game_cfg):
 def run(cfg) -> int:
     game = build_game(cfg.game)
     agent = make_agent(cfg.agent, game, cfg.seed) if cfg.agent else None
-    return play_source(game, cfg, agent)
+    return play_source(GameSource(game), cfg, agent)
 
 
-def play_source(game, cfg, agent=None) -> int:
-    """Play any frame source (a game, or a world model through ``WorldSource``) with the settings of ``cfg``."""
+def play_source(source: FrameSource, cfg, agent=None) -> int:
+    """Play any frame source (a game through ``GameSource``, a world model through ``WorldSource``) with the
+    settings of ``cfg``."""
     rt = cfg.runtime
-    size = (game.width * int(rt.scale), game.height * int(rt.scale))
-    bindings = resolve_bindings(game.action_space, game.default_bindings,
+    size = (source.width * int(rt.scale), source.height * int(rt.scale))
+    bindings = resolve_bindings(source.action_space, source.default_bindings,
                                 OmegaConf.to_container(rt.bindings) if rt.bindings else None)
     controls = Controls(OmegaConf.to_container(rt.controls) if rt.controls else {}, bindings)
     if not play_log.handlers:  # overruns and resets are worth a line on stderr while playing
@@ -44,20 +47,20 @@ def play_source(game, cfg, agent=None) -> int:
     if cfg.headless:
         display = OffscreenDisplay(size, filter=rt.filter)
     else:
-        display = Window(size, title=f"rollingworld: {game.name}", filter=rt.filter,
+        display = Window(size, title=f"rollingworld: {source.name}", filter=rt.filter,
                          fullscreen=bool(rt.fullscreen), vsync=bool(rt.vsync))
     writer = episode = None
     if cfg.get("record"):
-        from games.data.recording import RecordingWriter
+        from games.data.writer import RecordingWriter
 
-        writer = RecordingWriter(cfg.out, game=game.name, action_space=game.action_space, fps=game.fps,
-                                 height=game.height, width=game.width, chunk_frames=int(cfg.chunk_frames))
+        writer = RecordingWriter(cfg.out, game=source.name, action_space=source.action_space, fps=source.fps,
+                                 height=source.height, width=source.width, chunk_frames=int(cfg.chunk_frames))
         episode = writer.begin_episode(seed=int(cfg.seed), agent=cfg.agent or "human")
     video = None
     if cfg.video:
         from games.data.video import VideoWriter
 
-        video = VideoWriter(cfg.video, fps=rt.fps or game.fps, scale=4)
+        video = VideoWriter(cfg.video, fps=rt.fps or source.fps, scale=4)
 
     recorded = 0
 
@@ -76,8 +79,8 @@ def play_source(game, cfg, agent=None) -> int:
             episode = writer.begin_episode(seed=seed, agent=cfg.agent or "human")
 
     try:
-        session = PlaySession(game, display, InputMapper(game.action_space, bindings), fps=rt.fps, agent=agent,
-                              on_frame=on_frame, title=f"rollingworld: {game.name}", controls=controls,
+        session = PlaySession(source, display, InputMapper(source.action_space, bindings), fps=rt.fps, agent=agent,
+                              on_frame=on_frame, title=f"rollingworld: {source.name}", controls=controls,
                               hud=bool(rt.hud), screenshots=rt.screenshots,
                               on_reset=on_reset)
         result = session.run(seed=int(cfg.seed), frames=cfg.frames)
@@ -90,7 +93,7 @@ def play_source(game, cfg, agent=None) -> int:
         if video is not None:
             video.close()
         display.close()
-    print(f"{game.name}: {result.stats.summary()}")
+    print(f"{source.name}: {result.stats.summary()}")
     if video is not None:
         print(f"wrote {video.frames} frames to {cfg.video}")
     if episode is not None:

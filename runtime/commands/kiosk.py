@@ -2,17 +2,36 @@
 
 Fullscreen, the pointer hidden, no HUD; a scripted agent plays while nobody does (``runtime.kiosk``). Only
 ``exit_keys`` (ctrl+shift+q) or SIGTERM/SIGINT end it; ``frames=N`` and ``headless=true`` are for tests and soak runs.
-World models are not bundled yet, so ``ckpt=FILE`` runs one through ``play``'s ``WorldSource``.
+``game=NAME`` runs the real game; ``ckpt=FILE`` runs a world model (a bundled one: ``ckpt=assets/pong.safetensors``)
+through ``play``'s ``WorldSource``, with the engine settings it was distilled with unless given.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
 from games.data.errors import InputError
+from runtime.config import EngineChoice
 from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent, one_line
 from runtime.kiosk_supervisor import Kiosk
+
+
+@dataclass
+class KioskSettings(EngineChoice, KioskConfig):
+    """The kiosk's habits (``KioskConfig``), how it runs a world model (``EngineChoice``, as ``play`` does) and
+    what it shows."""
+    runtime: Any = None  # configs/runtime/default.yaml with the kiosk's presets (configs/kiosk.yaml)
+    game: Any = None  # configs/game/<name>.yaml (game=pong|maze|gym:<env id>); or ckpt=FILE instead
+    ckpt: Optional[str] = None  # a world model checkpoint to show instead of a game (through play's WorldSource)
+    seed: int = 0  # the first session's start; each reset takes the next one
+    frames: Optional[int] = None  # stop after this many ticks in all (tests, soak runs); None: until exit_keys/SIGTERM
+    headless: bool = False  # render offscreen with EGL (no window, no input: attract mode only)
+    log: str = "kiosk.log"  # event log, appended, one line per event: <ISO time> <event> key=value ...
+    compile: bool = True  # as in play: compile the rolling tick at start-up (a kiosk runs for days)
+    threads: int = 1  # torch threads (the other core runs the window and input)
 
 
 def _source_builder(cfg):
@@ -21,14 +40,15 @@ def _source_builder(cfg):
         raise InputError("give game=NAME (pong, maze, gym:<env id>) or ckpt=FILE (a world model), one of the two")
     if cfg.get("game") is not None:
         from runtime.commands.game import build_game
+        from runtime.source import GameSource
 
-        return lambda: build_game(cfg.game)
+        return lambda: GameSource(build_game(cfg.game))
     if not os.path.exists(cfg.ckpt):
         raise InputError(f"checkpoint not found: {cfg.ckpt}")
-    from runtime.commands.play import WorldSource, load_session
-    from runtime.commands.world import _engine_config
+    from runtime.commands.play import WorldSource
+    from runtime.worlds import engine_config, load_session
 
-    return lambda: WorldSource(load_session(cfg.ckpt, _engine_config(cfg), int(cfg.threads)))
+    return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg), cfg.threads))
 
 
 def _display(cfg, source):
@@ -53,7 +73,7 @@ def run(cfg) -> int:
     control_keys = {k: v for k, v in (OmegaConf.to_container(rt.controls) or {}).items() if k != "quit"}
     events = KioskLog(cfg.log)
     name = cfg.ckpt if cfg.get("ckpt") else cfg.game.get("env_id", cfg.game.name)
-    events.event("start", source=name, pid=os.getpid(), headless=bool(cfg.headless),
+    events.event("start", source=name, pid=os.getpid(), headless=cfg.headless,
                  idle_seconds=config.idle_seconds, session_minutes=config.session_minutes)
     try:
         first = build()
@@ -67,14 +87,14 @@ def run(cfg) -> int:
         nonlocal first
         source, first = first if first is not None else build(), None
         bindings = resolve_bindings(source.action_space, source.default_bindings, overrides)
-        agent = attract_agent(config.attract_agent, source, int(cfg.seed))
+        agent = attract_agent(config.attract_agent, source, cfg.seed)
         return KioskSession(source, display, InputMapper(source.action_space, bindings), agent, config, events,
                             last_input, fps=rt.fps, title=f"rollingworld: {source.name}",
                             controls=Controls(control_keys, bindings), hud=bool(rt.hud), screenshots=rt.screenshots)
 
     kiosk = Kiosk(start, display, config, events)
     try:
-        code = kiosk.run(int(cfg.seed), cfg.frames)
+        code = kiosk.run(cfg.seed, cfg.frames)
     finally:
         display.close()
         events.close()

@@ -1,24 +1,30 @@
 """``rollingworld pipeline game=NAME budget=NAME out=DIR``: record -> codec -> teacher -> distill -> eval.
 
-The budget (``configs/budget/<name>.yaml``) holds the settings of every stage, one section per stage; any of
-them can be given on the command line (``budget.teacher.steps=100``). Every stage's settings are checked before
-the first stage starts, so a typo costs seconds, not the hour of training before it. The stages and their
-folders are ``runtime.pipeline``'s; this module adds the two that need the runtime: recording a scripted agent,
-and ``rollingworld eval`` of the shipped student. The budget's ``eval`` section holds overrides of
-``configs/eval.yaml`` (nested as there), so the stage makes the same report as
+The budget (``configs/budget/<name>.yaml``, typed by ``Budget``) holds the settings of every stage, one section
+per stage, whose defaults are the stage's own dataclass's: a budget file gives only what differs. Any of them can
+be given on the command line (``budget.teacher.steps=100``). Hydra checks their types as it composes, and the
+stages' checks run before the first stage starts, so a typo costs seconds, not the hour of training before it. The
+stages and their folders are ``runtime.pipeline``'s; this module adds the two that need the runtime: recording a
+scripted agent, and ``rollingworld eval`` of the shipped student. The budget's ``eval`` section is typed by
+``EvalSettings`` (``runtime.evaluation``), so the stage makes the same report as
 ``rollingworld eval ckpt=OUT/distill/student.safetensors data=OUT/data out=OUT/eval`` with those settings.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
+from typing import Any, get_type_hints
 
 from omegaconf import OmegaConf
 
 from games.data.errors import InputError
+from runtime.commands.data import RecordingPlan
 from runtime.commands.game import build_game
-from runtime.commands.model import to_dataclass
+from runtime.evaluation import EvalConfig, EvalSettings, check_settings
+from worldmodel.distill.distiller import DistillConfig
+from worldmodel.train.codec import CodecTrainConfig
+from worldmodel.train.teacher import TrainConfig
 
 # settings of a stage that the pipeline itself gives (its paths and the run-wide settings)
 OWNED = {"data", "out", "teacher", "codec", "init", "threads", "device", "seed", "resume", "progress"}
@@ -27,33 +33,73 @@ CODECS = ("pixels", "conv_ae")
 
 
 @dataclass
-class RecordConfig:
-    """The recording stage: a scripted agent plays the game (``games.record.record_dataset``)."""
-    episodes: int = 20
-    frames: int = 1000  # frames per episode
-    agent: str = "heuristic"  # random | heuristic
-    chunk_frames: int = 256  # frames per chunk file
+class CodecChoice:
+    """The codec stage's own setting, beside ``CodecTrainConfig``'s."""
+    type: str = "pixels"  # conv_ae: train the autoencoder (the codec stage) | pixels: pixel patches, no codec stage
 
 
-def _check_not_owned(stage: str, values: dict, owned_keys: set) -> None:
-    owned = sorted(owned_keys & set(values))
+def _budget_section(cls, name: str, *bases):
+    """A dataclass of the settings a budget gives the stage that runs ``cls``: all of ``cls``'s, with their types
+    and defaults, but those the pipeline owns."""
+    types = get_type_hints(cls)
+    return make_dataclass(name, [(f.name, types[f.name], field(default=f.default, default_factory=f.default_factory))
+                                 for f in fields(cls) if f.name not in OWNED], bases=bases)
+
+
+CodecBudget = _budget_section(CodecTrainConfig, "CodecBudget", CodecChoice)
+TeacherBudget = _budget_section(TrainConfig, "TeacherBudget")
+DistillBudget = _budget_section(DistillConfig, "DistillBudget")
+
+
+@dataclass
+class Budget:
+    """``configs/budget/<name>.yaml``: how much each stage does; what a budget file leaves out is the default of
+    the stage's dataclass."""
+    name: str = ""
+    record: RecordingPlan = field(default_factory=RecordingPlan)
+    codec: CodecBudget = field(default_factory=CodecBudget)
+    teacher: TeacherBudget = field(default_factory=TeacherBudget)
+    distill: DistillBudget = field(default_factory=DistillBudget)
+    eval: EvalSettings = field(default_factory=EvalSettings)  # rollingworld eval of the shipped student
+
+
+@dataclass
+class PipelineConfig:
+    game: Any = None  # configs/game/<name>.yaml (game=pong): the game recorded
+    budget: Budget = field(default_factory=Budget)  # configs/budget/<name>.yaml (budget=cpu)
+    out: str = "???"  # pipeline folder: data/ codec/ teacher/ distill/ eval/
+    data: str = ""  # an existing recording to train on instead of recording one (the game is the recording's)
+    init: str = ""  # fine-tune: the teacher starts from this teacher checkpoint (and its codec; no codec stage)
+    threads: int = 0  # torch threads of every stage (0 = torch's default)
+    device: str = "auto"  # auto | cpu | cuda, for the teacher and the distillation
+    seed: int = 0  # of every stage (recording: episode i plays seed + i)
+    progress: bool = True
+
+
+def _check_not_owned(stage: str, keys, owned_keys: set) -> None:
+    owned = sorted(owned_keys & set(keys))
     if owned:
         raise InputError(f"budget.{stage}: {', '.join(owned)} {'is' if len(owned) == 1 else 'are'} set by the "
                          f"pipeline, not the budget")
 
 
-def _section(budget: dict, stage: str, cls, given: dict, drop=()):
-    """The dataclass ``cls`` of the budget's section ``stage`` plus the pipeline's own ``given`` settings."""
-    values = {k: v for k, v in (budget.get(stage) or {}).items() if k not in drop}
-    _check_not_owned(stage, values, OWNED)
+def _section(cfg, stage: str, cls, given: dict, drop=()):
+    """The dataclass ``cls`` of the budget's section ``stage`` plus the pipeline's own ``given`` settings. The
+    section was typed as hydra composed it; a key beyond its fields came from ``+budget.<stage>.<key>=``."""
+    section = cfg.budget[stage]
+    values = OmegaConf.to_container(section)
+    extra = set(values) - {f.name for f in fields(OmegaConf.get_type(section))}
+    _check_not_owned(stage, extra, OWNED)
+    if extra:
+        raise InputError(f"budget.{stage}: unknown setting(s) {', '.join(sorted(extra))}")
     try:
-        return to_dataclass(cls, {**values, **given})
-    except InputError as e:
+        return cls(**{k: v for k, v in values.items() if k not in drop}, **given)
+    except InputError as e:  # the dataclass's own checks (TrainConfig: the model size)
         raise InputError(f"budget.{stage}: {e}") from None
 
 
-def _record_stage(cfg, layout, settings: RecordConfig, skip: str):
-    from games import make_agent
+def _record_stage(cfg, layout, settings: RecordingPlan, skip: str):
+    from games.agents import make_agent
     from games.record import record_dataset
     from runtime.pipeline import Stage
 
@@ -61,82 +107,45 @@ def _record_stage(cfg, layout, settings: RecordConfig, skip: str):
 
     def run(resume: bool) -> None:
         summary = record_dataset(layout.data, game_factory=lambda: build_game(cfg.game), agent_name=settings.agent,
-                                 episodes=settings.episodes, frames=settings.frames, seed=int(cfg.seed),
-                                 chunk_frames=settings.chunk_frames, progress=bool(cfg.progress),
+                                 episodes=settings.episodes, frames=settings.frames, seed=cfg.seed,
+                                 chunk_frames=settings.chunk_frames, progress=cfg.progress,
                                  source={"game_config": game_config, "pipeline": str(layout.out)})
         print(summary.line())
 
     if not skip:  # a bad game or agent fails now, before any stage runs
-        make_agent(settings.agent, build_game(cfg.game), int(cfg.seed))
-    return Stage("record", {"game": game_config, **asdict(settings), "seed": int(cfg.seed)}, run, skip)
+        make_agent(settings.agent, build_game(cfg.game), cfg.seed)
+    return Stage("record", {"game": game_config, **asdict(settings), "seed": cfg.seed}, run, skip)
 
 
 # ------------------------------------------------------------------------------------------------- eval stage
 
-def _flat(section: dict, prefix: str = "") -> dict:
-    """Nested settings by dotted key: {"drift": {"minutes": 1}} -> {"drift.minutes": 1}."""
-    flat = {}
-    for key, value in section.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _unknown(values: dict, cls, prefix: str = "") -> list[str]:
+    """Keys of the nested ``values`` that the dataclass ``cls`` has no field for (given with ``+budget...=``)."""
+    import dataclasses
 
-
-def _literal(value) -> str:
-    """``value`` as a hydra override writes it (strings quoted: a path may hold spaces, commas or ``=``)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(map(_literal, value)) + "]"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "\\'") + "'"
-    return "null" if value is None else str(value)
-
-
-def _kind(value) -> str:
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, (list, tuple)) or OmegaConf.is_list(value):
-        return "a list"
-    if isinstance(value, dict) or OmegaConf.is_dict(value):
-        return "a section"
-    return "a string"
-
-
-def _eval_config(cfg, budget: dict, layout, student: Path):
-    """``rollingworld eval``'s composed config for ``student``: the budget's ``eval`` section and the pipeline's
-    paths and run-wide settings as overrides of ``configs/eval.yaml``, checked as the other stages' settings are."""
-    from runtime.cli import compose
-    from runtime.commands.evaluate import SECTIONS
-    from worldmodel.eval.evaluate import EVAL_MODES
-
-    _check_not_owned("eval", budget.get("eval") or {}, EVAL_OWNED)
-    values = _flat(budget.get("eval") or {})
-    given = [f"ckpt={_literal(str(student))}", f"data={_literal(str(layout.data))}",
-             f"out={_literal(str(layout.folder('eval')))}", f"seed={int(cfg.seed)}", f"threads={int(cfg.threads)}",
-             f"progress={_literal(bool(cfg.progress))}", "fresh=false"]  # fresh=false: a rerun keeps finished parts
-    defaults = compose("eval", given)
-    absent = object()
-    unknown = sorted(k for k in values if OmegaConf.select(defaults, k, default=absent) is absent)
-    if unknown:
-        raise InputError(f"budget.eval: unknown setting(s) {', '.join(unknown)} (the settings of configs/eval.yaml)")
+    known = {f.name: f for f in fields(cls)}
+    out = []
     for key, value in values.items():
-        want = _kind(OmegaConf.select(defaults, key))
-        if _kind(value) != want:
-            raise InputError(f"budget.eval.{key} must be {want}, got {value!r}")
-    sections = values.get("sections", list(defaults.sections))
-    if not sections or any(s not in SECTIONS for s in sections):
-        raise InputError(f"budget.eval.sections must be a list from {', '.join(SECTIONS)}; got {sections}")
-    if values.get("mode", "auto") not in EVAL_MODES:
-        raise InputError(f"budget.eval.mode must be one of {', '.join(EVAL_MODES)}, got {values['mode']!r}")
-    try:
-        return compose("eval", given + [f"{k}={_literal(v)}" for k, v in values.items()])
-    except InputError as e:
-        raise InputError(f"budget.eval: {e}") from None
+        if key not in known:
+            out.append(prefix + key)
+        elif isinstance(value, dict) and dataclasses.is_dataclass(known[key].default_factory()):
+            out += _unknown(value, type(known[key].default_factory()), f"{prefix}{key}.")
+    return out
+
+
+def _eval_config(cfg, layout, student: Path):
+    """``rollingworld eval``'s config for ``student``: the budget's ``eval`` section and the pipeline's paths and
+    run-wide settings, checked as the other stages' settings are."""
+    values = OmegaConf.to_container(cfg.budget.eval)
+    _check_not_owned("eval", values, EVAL_OWNED)
+    unknown = _unknown(values, EvalSettings)
+    if unknown:
+        raise InputError(f"budget.eval: unknown setting(s) {', '.join(unknown)} (the settings of rollingworld eval)")
+    given = {"ckpt": str(student), "data": str(layout.data), "out": str(layout.folder("eval")), "seed": cfg.seed,
+             "threads": cfg.threads, "progress": cfg.progress, "fresh": False}  # fresh: a rerun keeps finished parts
+    eval_cfg = OmegaConf.merge(OmegaConf.structured(EvalConfig), values, given)
+    check_settings(eval_cfg, "budget.eval.")
+    return eval_cfg
 
 
 def _forget_stale_parts(folder: Path, student: Path, seed: int) -> None:
@@ -160,10 +169,10 @@ def _eval_stage(layout, eval_cfg, student: Path):
     from runtime.pipeline import Stage
 
     def run(resume: bool) -> None:
-        from runtime.commands.evaluate import run as evaluate
+        from runtime.evaluation import evaluate
 
         if resume:
-            _forget_stale_parts(layout.folder("eval"), student, int(eval_cfg.seed))
+            _forget_stale_parts(layout.folder("eval"), student, eval_cfg.seed)
         try:
             evaluate(eval_cfg)
         except InputError as e:
@@ -191,23 +200,19 @@ def _action_space(cfg, layout, overrides):
 
 def run(cfg, overrides=()) -> int:
     from worldmodel.checkpoint import check_action_space, load_checkpoint
-    from worldmodel.distill.distiller import DistillConfig, check_config
+    from worldmodel.distill.distiller import check_config
     from worldmodel.eval.report import comparison_table
     from runtime.pipeline import Layout, codec_stage, distill_stage, run_stages, teacher_stage
-    from worldmodel.train.teacher import TrainConfig
-    from worldmodel.train.codec import CodecTrainConfig
 
-    budget = OmegaConf.to_container(cfg.budget)
     layout = Layout.of(cfg.out, cfg.data)
-    seed, threads, progress = int(cfg.seed), int(cfg.threads), bool(cfg.progress)
-    run_wide = {"threads": threads, "seed": seed, "progress": progress}
+    run_wide = {"threads": cfg.threads, "seed": cfg.seed, "progress": cfg.progress}
     data = str(layout.data)
     init = str(Path(cfg.init).resolve()) if cfg.init else ""
 
     space = _action_space(cfg, layout, overrides)
     if init:  # a fine-tune: the checkpoint must know these controls (checked before recording anything)
         check_action_space(load_checkpoint(init, expect="teacher"), space)
-    codec_type = (budget.get("codec") or {}).get("type", "pixels")
+    codec_type = cfg.budget.codec.type
     if codec_type not in CODECS:
         raise InputError(f"budget.codec.type must be one of {', '.join(CODECS)}, got {codec_type!r}")
     codec_skip = ""
@@ -216,21 +221,21 @@ def run(cfg, overrides=()) -> int:
     elif codec_type == "pixels":
         codec_skip = "budget.codec.type=pixels: the teacher works on pixel patches"
 
-    record = _section(budget, "record", RecordConfig, {})
-    codec = _section(budget, "codec", CodecTrainConfig, {"data": data, "out": str(layout.folder("codec")),
-                                                         **run_wide}, drop=("type",))
-    teacher = _section(budget, "teacher", TrainConfig, {
+    record = _section(cfg, "record", RecordingPlan, {})
+    codec = _section(cfg, "codec", CodecTrainConfig, {"data": data, "out": str(layout.folder("codec")),
+                                                      **run_wide}, drop=("type",))
+    teacher = _section(cfg, "teacher", TrainConfig, {
         "data": data, "out": str(layout.folder("teacher")), "init": init,
-        "codec": str(layout.codec) if not codec_skip else "pixels", "device": str(cfg.device), **run_wide})
-    distill = _section(budget, "distill", DistillConfig, {
+        "codec": str(layout.codec) if not codec_skip else "pixels", "device": cfg.device, **run_wide})
+    distill = _section(cfg, "distill", DistillConfig, {
         "teacher": str(layout.teacher), "data": data, "out": str(layout.folder("distill")),
-        "device": str(cfg.device), **run_wide})
+        "device": cfg.device, **run_wide})
     try:
         check_config(distill)
     except InputError as e:
         raise InputError(f"budget.distill: {e}") from None
     student = layout.shipped(distill.dmd_steps)
-    evaluation = _eval_config(cfg, budget, layout, student)
+    evaluation = _eval_config(cfg, layout, student)
     if teacher.clip_len <= distill.window:
         raise InputError(f"budget.teacher.clip_len ({teacher.clip_len}) must be larger than budget.distill.window "
                          f"({distill.window}): the student's window sees context frames the teacher was trained with")
@@ -239,7 +244,7 @@ def run(cfg, overrides=()) -> int:
               codec_stage(codec, skip=codec_skip), teacher_stage(teacher), distill_stage(distill),
               _eval_stage(layout, evaluation, student)]
     print(f"pipeline {layout.out}: {_game_name(cfg.game) if not cfg.data else data}, budget "
-          f"{OmegaConf.select(cfg, 'budget.name', default='?')}")
+          f"{cfg.budget.name or '?'}")
     if not run_stages(layout, stages):
         return 1
     report = layout.folder("eval") / "report.md"

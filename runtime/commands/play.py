@@ -9,12 +9,34 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
 from games.data.errors import InputError
 from runtime.compare import CompareSource
+from runtime.config import EngineChoice
+from runtime.source import FrameSource
+from runtime.worlds import checkpoint_game, engine_config, load_session, stored_start
+
+@dataclass
+class PlayConfig(EngineChoice):
+    game: Any = None  # configs/game/<name>.yaml: with ckpt None, play the world model bundled for it (game=maze)
+    runtime: Any = None  # configs/runtime/default.yaml: the window, its tick, the controls
+    ckpt: Optional[str] = None  # world model checkpoint; None = the bundled assets/<game>.safetensors
+    compile: bool = True  # torch.compile the fixed-shape rolling tick at start-up: ~1.3x faster ticks; the first
+    #                       start compiles for about a minute, later ones reuse the cache (~10 s). false: at once
+    threads: int = 1  # torch threads (the other core runs the window and input)
+    seed: int = 0
+    frames: Optional[int] = None  # stop after this many ticks
+    agent: Optional[str] = None  # random (or, with compare=true, heuristic): a scripted agent plays
+    headless: bool = False  # render offscreen with EGL instead of a window
+    video: Optional[str] = None  # also write the frames shown to this mp4
+    compare: bool = False  # real game (left) | world model (right), the same inputs from the game's start screen
+    record: Optional[str] = None  # FILE.mp4: save the frames shown, plus FILE.jsonl beside it for rollingworld replay
+
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the bundled models, beside the packages (not the cwd)
 
@@ -29,49 +51,25 @@ def bundled_checkpoint(game: str) -> Path:
     return path
 
 
-def load_session(ckpt, engine_cfg, threads: int):
-    """The ``WorldSession`` of ``ckpt`` with torch on ``threads`` threads (0: torch's default)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # measured: spinning OpenMP threads collapse
-    import torch
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    from worldmodel.engine.session import WorldSession
-
-    return WorldSession.from_checkpoint(ckpt, engine_cfg)
-
-
-def checkpoint_game(session):
-    """The real game the session's checkpoint was trained on, at the model's frame size (or an InputError)."""
-    from games import make_game
-
-    name = session.metadata["provenance"].get("game")
-    h, w = session.frame_size
-    try:
-        return make_game(str(name), width=w, height=h)
-    except InputError as e:
-        raise InputError(f"cannot build the checkpoint's game {name!r}: {e}") from None
-
-
-class WorldSource:
+class WorldSource(FrameSource):
     """A world model as a frame source for the play loop: ``reset(seed)`` starts from the start frames stored in
     the checkpoint, else from its game's start screen."""
 
     def __init__(self, session):
         self.session = session
-        meta = session.metadata
-        self.game_name = meta["provenance"].get("game", "world")
+        self.game_name = session.info.game or "world"
         self.name = f"{self.game_name} (world model)"
         self.height, self.width = session.frame_size
-        self.fps = int(meta.get("frame", {}).get("fps", 30))
+        self.fps = session.info.fps
         self.action_space = session.action_space
         self.default_bindings = {}
+        self.game = None  # a world model alone: no real game steps beside it
         try:
-            self._game = checkpoint_game(session)
-            self.default_bindings = self._game.default_bindings
+            self._start_game = checkpoint_game(session)  # makes the start screens when the checkpoint stores none
+            self.default_bindings = self._start_game.default_bindings
         except InputError:
-            self._game = None
-        self.t = 0  # for scripted agents
+            self._start_game = None
+        self.t = 0  # ticks since the last reset
 
     @property
     def latency_ticks(self) -> int:
@@ -80,18 +78,16 @@ class WorldSource:
     def reset(self, seed: int, start_seed: int | None = None) -> np.ndarray:
         """Start from start ``start_seed`` (default ``seed``), sampling noise from ``seed``: the checkpoint's stored
         start sequence ``start_seed % K``, else the game's start screen of ``start_seed``."""
-        from runtime.commands.world import stored_start
-
         pick = seed if start_seed is None else start_seed
         start = stored_start(self.session, pick)
         if start is None:
-            if self._game is None:
+            if self._start_game is None:
                 raise InputError(f"the checkpoint's game {self.game_name!r} is not one of ours and it holds no start "
                                  "frames (rollingworld bundle stores them): use rollingworld dream start=IMAGE")
-            start = self._game.reset(pick)
+            start = self._start_game.reset(pick)
         self.t = 0
         cfg = self.session.cfg
-        if cfg.compile and cfg.mode.startswith("rolling") and not self.session.compiled:
+        if cfg.compile and cfg.rolling and not self.session.compiled:
             print("compiling the world model's tick (about a minute the first time, seconds once cached; "
                   "compile=false starts at once)", file=sys.stderr, flush=True)
         return self.session.reset(start, seed=seed)
@@ -110,12 +106,11 @@ def build_source(ckpt, engine_cfg, threads: int, compare: bool):
 
 
 def _agent(name, source, seed: int):
-    from games import make_agent
-    from games.agents import RandomAgent
+    from games.agents import RandomAgent, make_agent
 
     if not name:
         return None
-    if isinstance(source, CompareSource):  # any agent can read the real game's state
+    if source.game is not None:  # compare mode: any agent can read the real game's state
         return make_agent(name, source.game, seed)
     if name != "random":
         raise InputError("a world model alone can only be driven by agent=random (a heuristic needs the real game: "
@@ -125,21 +120,19 @@ def _agent(name, source, seed: int):
 
 def run(cfg) -> int:
     from runtime.commands.game import play_source
-    from runtime.commands.world import _engine_config
 
-    if cfg.record and not str(cfg.record).endswith(".mp4"):
+    if cfg.record and not cfg.record.endswith(".mp4"):
         raise InputError(f"record= takes an .mp4 path (the JSONL sidecar goes beside it), got {cfg.record}")
     ckpt = cfg.ckpt or bundled_checkpoint(cfg.game.name if cfg.game.name != "gym" else f"gym:{cfg.game.env_id}")
-    source = build_source(ckpt, _engine_config(cfg, ckpt), int(cfg.threads), bool(cfg.compare))
-    agent = _agent(cfg.agent, source, int(cfg.seed))
+    source = build_source(ckpt, engine_config(cfg, ckpt), cfg.threads, cfg.compare)
+    agent = _agent(cfg.agent, source, cfg.seed)
     recorder = None
     if cfg.record:
         import torch
 
         from runtime.session_record import SessionRecorder, session_header
 
-        header = session_header(ckpt, source.session, int(cfg.seed), torch.get_num_threads(),
-                                bool(cfg.compare), cfg.record)
+        header = session_header(ckpt, source.session, cfg.seed, torch.get_num_threads(), cfg.compare, cfg.record)
         source = recorder = SessionRecorder(source, cfg.record, header)
     loop_cfg = cfg.copy()
     loop_cfg.record = None  # play_source's own ``record`` is the game command's dataset episode

@@ -95,7 +95,7 @@ def run(cfg) -> int:
     header = log.header
     ckpt = verified_checkpoint(log, cfg.ckpt)
     from runtime.commands.play import build_source  # torch: only once the session is known to be sound
-    from worldmodel.engine.session import EngineConfig
+    from worldmodel.engine.config import EngineConfig
 
     try:
         engine = EngineConfig(**header["engine"])

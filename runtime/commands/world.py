@@ -4,69 +4,45 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from games.data.errors import InputError
+from runtime.config import EngineChoice
+from runtime.worlds import engine_config, start_frames, torch_threads
 
 
-def _torch(threads: int):
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # measured: ACTIVE spinning collapses with a busy core
-    import torch
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    return torch
-
-
-def _engine_config(cfg, ckpt=None):
-    """The engine settings of ``cfg`` for the checkpoint ``ckpt`` (default ``cfg.ckpt``). ``mode``, ``window``,
-    ``sink`` and ``recent`` left null are those it was distilled with (its ``engine`` metadata), else
-    ``EngineConfig``'s."""
-    from worldmodel.engine.session import EngineConfig
-
-    ckpt = cfg.get("ckpt") if ckpt is None else ckpt
-    given = {key: cfg.get(key) for key in ("window", "sink", "recent")}
-    stored = {}
-    if ckpt and (None in given.values() or cfg.get("mode") is None):  # read the header only: the weights are loaded once, with these settings
-        from worldmodel.checkpoint import FORMAT, VERSION, parse_metadata, read_header
-
-        stored = parse_metadata(ckpt, read_header(ckpt), FORMAT, VERSION, "checkpoint").get("engine") or {}
-    layout = {key: int(value if value is not None else stored.get(key, getattr(EngineConfig, key)))
-            for key, value in given.items()}
-    mode = cfg.get("mode") or stored.get("mode", EngineConfig.mode)  # a student plays as it was trained
-    return EngineConfig(mode=str(mode), **layout, teacher_steps=int(cfg.teacher_steps),
-                        fuse_reencode=bool(cfg.get("fuse_reencode", True)), compile=bool(cfg.get("compile", False)))
+@dataclass
+class DreamConfig(EngineChoice):
+    ckpt: str = "???"  # world model checkpoint (teacher or student)
+    out: str = "???"  # mp4
+    start: str = "game"  # game: the checkpoint's start frames (a bundled model's: start seed % K), else its game's
+    #                      start screen; or an image file (PNG/JPG) of the right size
+    actions: str = "random"  # random (sticky random keys and mouse), or a JSONL action log (one entry per frame)
+    frames: int = 300  # frames to generate
+    scale: int = 4  # video upscaling
+    seed: int = 0
+    threads: int = 0  # torch threads (0 = torch's default)
 
 
-def stored_start(session, seed: int) -> np.ndarray | None:
-    """Start ``seed % K`` of the K start sequences stored in the session's checkpoint (uint8 [S, H, W, 3]: a
-    bundled model's), or None when it holds none."""
-    frames = session.start_frames
-    return None if frames is None else frames[int(seed) % len(frames)]
-
-
-def _start_frames(session, start: str, seed: int) -> np.ndarray:
-    if start == "game":
-        stored = stored_start(session, seed)
-        if stored is not None:
-            return stored
-        from games import make_game
-
-        game_name = session.metadata["provenance"].get("game")
-        h, w = session.frame_size
-        try:
-            game = make_game(game_name, width=w, height=h)
-        except InputError:
-            raise InputError(f"the checkpoint's game {game_name!r} is not one of ours and it holds no start frames "
-                             "(rollingworld bundle stores them): give start=IMAGE") from None
-        return game.reset(seed)
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return np.asarray(Image.open(start).convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-        raise InputError(f"cannot read start image {start}: {e}") from None
+@dataclass
+class BenchConfig(EngineChoice):
+    ckpt: Optional[str] = None  # a checkpoint; None = random weights of model= on game=
+    game: str = "pong"  # action space and frame size when ckpt is None
+    model: str = "small"  # the size benchmarked when ckpt is None (worldmodel.nn.dit.MODELS)
+    # the denoiser's shape as in ``train`` (no torch import here: torch_threads sets OpenMP up before torch loads)
+    patch: int = 8  # latent pixels per token side, with codec=pixels
+    stack_prev: bool = True  # stack the previous frame into each frame's patches
+    residual: bool = False  # predict the change from the previous frame
+    codec: str = "pixels"  # pixels (patch=) or conv_ae (16x16x4 latents, patch 4) when ckpt is None
+    compile: bool = True  # as play does: compile the rolling tick at start-up (start-up time is reported)
+    frames: int = 10000  # ticks to run (figures at frame 100 and at the last frame)
+    threads: int = 1  # torch threads (measured: 1 is faster than 2 here, docs/engine.md)
+    busy_cores: int = 0  # keep this many cores busy meanwhile (a window thread, another program)
+    progress: bool = True  # progress bar on stderr
+    json: Optional[str] = None  # also write the figures to this JSON file
 
 
 class _RandomPlayer:
@@ -85,28 +61,28 @@ class _RandomPlayer:
 
 
 def dream(cfg) -> int:
-    _torch(cfg.threads)
+    torch_threads(cfg.threads)
     from games.data.video import VideoWriter
     from worldmodel.engine.session import WorldSession
 
-    session = WorldSession.from_checkpoint(cfg.ckpt, _engine_config(cfg))
+    session = WorldSession.from_checkpoint(cfg.ckpt, engine_config(cfg))
     space = session.action_space
-    frames = int(cfg.frames)
+    frames = cfg.frames
     if cfg.actions == "random":
-        player = _RandomPlayer(space, int(cfg.seed))
+        player = _RandomPlayer(space, cfg.seed)
         actions = [player.act() for _ in range(frames)]
     else:
         from games.data.action_log import read_action_log
 
         log = read_action_log(cfg.actions, action_space=space)
-        fps = session.metadata.get("frame", {}).get("fps", 30)
+        fps = session.info.fps
         actions = list(log.to_actions(frames, fps, fps))
     from tqdm import tqdm
 
-    first = session.reset(_start_frames(session, cfg.start, int(cfg.seed)), seed=int(cfg.seed))
-    fps = session.metadata.get("frame", {}).get("fps", 30)
+    first = session.reset(start_frames(session, cfg.start, cfg.seed), seed=cfg.seed)
+    fps = session.info.fps
     t0 = time.perf_counter()
-    with VideoWriter(cfg.out, fps=fps, scale=int(cfg.scale)) as video:
+    with VideoWriter(cfg.out, fps=fps, scale=cfg.scale) as video:
         video.write(first)
         for action in tqdm(actions, unit="frame", desc="dream"):
             video.write(session.step(action))
@@ -126,28 +102,31 @@ def _rss_mb() -> float:
 
 
 def _random_session(cfg, torch):
-    from games import make_game
+    from games.registry import make_game
     from worldmodel.nn.codec import make_codec
     from worldmodel.engine.session import WorldSession
     from worldmodel.nn.flow import Denoiser, NoiseSchedule
+    from worldmodel.metadata import ModelInfo
     from worldmodel.nn.dit import MODELS, make_model
 
-    size = cfg.model.size
+    size = cfg.model
     if size not in MODELS:
         raise InputError(f"unknown model size {size!r}; choose from {', '.join(MODELS)}")
     game = make_game(cfg.game)
     if cfg.codec == "pixels":
-        codec, patch = make_codec({"type": "pixels"}), int(cfg.model.patch)
+        codec, patch = make_codec({"type": "pixels"}), cfg.patch
     elif cfg.codec == "conv_ae":
         codec, patch = make_codec({"type": "conv_ae", "down": 4, "latent_channels": 4}), 4
     else:
         raise InputError(f"codec must be pixels or conv_ae, got {cfg.codec!r}")
     C, h, w = codec.latent_shape(game.height, game.width)
     torch.manual_seed(0)
-    net = make_model(size, residual=bool(cfg.model.residual), channels=C, height=h, width=w, patch=patch, action_dim=game.action_space.size)
-    session = WorldSession(Denoiser(net, NoiseSchedule()), codec, game.action_space, _engine_config(cfg),
-                           (game.height, game.width))
-    session.metadata = {"provenance": {"game": cfg.game}}
+    net = make_model(size, stack_prev=cfg.stack_prev, residual=cfg.residual, channels=C, height=h, width=w, patch=patch,
+                     action_dim=game.action_space.size)
+    info = ModelInfo(kind="random", action_space=game.action_space, game=cfg.game,
+                     frame_size=(game.height, game.width), fps=game.fps)
+    session = WorldSession(Denoiser(net, NoiseSchedule()), codec, game.action_space, engine_config(cfg),
+                           info.frame_size, info)
     return session, game.reset(0)
 
 
@@ -166,33 +145,27 @@ def _busy_cores(n: int) -> list:
     return procs
 
 
-def bench(cfg) -> int:
-    torch = _torch(cfg.threads)
-    from worldmodel.engine.session import WorldSession
-    from worldmodel.nn.dit import count_params
-
-    if cfg.ckpt:
-        session = WorldSession.from_checkpoint(cfg.ckpt, _engine_config(cfg))
-        start = _start_frames(session, "game", 0)
-        what = cfg.ckpt
-    else:
-        session, start = _random_session(cfg, torch)
-        what = f"model={cfg.model.size} codec={cfg.codec} (random weights)"
-    frames = int(cfg.frames)
-    if frames < 200:
-        raise InputError("bench needs frames >= 200")
+def measure_speed(session, start: np.ndarray, frames: int, busy_cores: int = 0, progress: bool = True,
+                  what: str = "") -> dict:
+    """Tick the session ``frames`` times from ``start`` holding random keys (after 10 unmeasured ticks) with
+    ``busy_cores`` other cores kept busy; the figures ``bench`` prints (start-up includes compiling the tick)."""
+    import torch
     from tqdm import tqdm
 
+    from worldmodel.nn.dit import count_params
+
+    if frames < 200:
+        raise InputError("bench needs frames >= 200")
     player = _RandomPlayer(session.action_space, 0)
     t_start = time.perf_counter()
     session.reset(start, seed=0)  # includes compiling the tick with compile=true
     startup_s = time.perf_counter() - t_start
-    busy = _busy_cores(int(cfg.busy_cores))
+    busy = _busy_cores(busy_cores)
     try:
         for _ in range(10):  # warm-up ticks, not measured
             session.step(player.act())
         tick_ms, rss = np.zeros(frames), {}
-        for i in tqdm(range(frames), unit="tick", disable=not cfg.get("progress", True), mininterval=2.0):
+        for i in tqdm(range(frames), unit="tick", disable=not progress, mininterval=2.0):
             t0 = time.perf_counter()
             session.step(player.act())
             tick_ms[i] = (time.perf_counter() - t0) * 1000
@@ -204,12 +177,12 @@ def bench(cfg) -> int:
     fps_100 = 1000 / tick_ms[:100].mean()
     fps_end = 1000 / tick_ms[-100:].mean()
     p50 = float(np.percentile(tick_ms, 50))
-    result = {
-        "model": what, "parameters": count_params(session.net), "mode": session.cfg.mode,
-        "window": session.cfg.window,
-        "sink": session.cfg.sink, "recent": session.cfg.recent, "fuse_reencode": bool(session.cfg.fuse_reencode),
-        "compile": bool(session.cfg.compile), "threads": torch.get_num_threads(),
-        "busy_cores": int(cfg.busy_cores), "frames": frames,
+    c = session.cfg
+    return {
+        "model": what, "parameters": count_params(session.net), "mode": c.mode, "window": c.window,
+        "sink": c.sink, "recent": c.recent, "fuse_reencode": bool(c.fuse_reencode),
+        "compile": bool(c.compile), "threads": torch.get_num_threads(),
+        "busy_cores": int(busy_cores), "frames": frames,
         "startup_s": startup_s,
         "tokens_per_frame": session.net.cfg.tokens_per_frame,
         "fps": float(1000 / tick_ms.mean()), "tick_ms_p50": p50, "tick_ms_p99": float(np.percentile(tick_ms, 99)),
@@ -219,6 +192,20 @@ def bench(cfg) -> int:
         # the whole run in blocks of ticks: a slowdown shows as a trend, a noisy neighbour as one bad block
         "fps_by_block": [round(float(1000 / b.mean()), 2) for b in np.array_split(tick_ms, max(1, frames // 1000))],
     }
+
+
+def bench(cfg) -> int:
+    torch = torch_threads(cfg.threads)
+    from worldmodel.engine.session import WorldSession
+
+    if cfg.ckpt:
+        session = WorldSession.from_checkpoint(cfg.ckpt, engine_config(cfg))
+        start = start_frames(session, "game", 0)
+        what = cfg.ckpt
+    else:
+        session, start = _random_session(cfg, torch)
+        what = f"model={cfg.model} codec={cfg.codec} (random weights)"
+    result = measure_speed(session, start, cfg.frames, cfg.busy_cores, cfg.progress, what)
     width = max(map(len, result))
     for k, v in result.items():
         print(f"{k:<{width}}  {v:.2f}" if isinstance(v, float) else f"{k:<{width}}  {v}")

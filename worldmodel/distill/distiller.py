@@ -4,7 +4,7 @@
 resumable (``resume=true``) from the state saved in ``out``:
 
 1. **ODE pairs** (``ode_pairs``): the teacher's many-step solutions for the W frames of a rolling window after real
-   start frames with recorded actions (``dmd.teacher_window``), written in chunks to ``out/ode_pairs/``.
+   start frames with recorded actions (``losses.teacher_window``), written in chunks to ``out/ode_pairs/``.
 2. **ODE init** (``ode_steps``): the student (the teacher's network and weights) regresses those solutions from
    the window's levels in its rolling attention pattern. Ships ``out/ode.safetensors`` (EMA).
 3. **DMD** (``dmd_steps``): the student generates rollouts from its **own** history with the engine's rolling
@@ -12,12 +12,13 @@ resumable (``resume=true``) from the state saved in ``out``:
    and sink re-indexing happen), half rolling, half frame by frame (``framewise_fraction``). Gradient flows
    only through non-overlapping windows picked by a random offset. A critic (the fake score, initialised from
    the teacher) learns flow matching on the student's outputs, ``critic_steps`` times per student step; the
-   frozen teacher is the real score (``dmd.dmd_loss``). AdamW with beta1 = 0 for both. Ships
+   frozen teacher is the real score (``losses.dmd_loss``). AdamW with beta1 = 0 for both. Ships
    ``out/student.safetensors``: the EMA of the student.
 
-Every random draw of a step comes from generators seeded by (seed, rank, phase, step), so a resumed run repeats
-what an uninterrupted one would have done. Under ``torchrun`` every process generates its own rollouts and the
-gradients of student and critic are averaged across processes before each optimizer step.
+Every random draw comes from generators seeded by (seed, rank, phase, step, sub) (``train.run.step_generators``;
+phases ``pairs``, ``ode``, ``critic``, ``student``; sub: a critic step within a student step), so a resumed run
+repeats what an uninterrupted one would have done. Under ``torchrun`` every process generates its own rollouts
+and the gradients of student and critic are averaged across processes before each optimizer step.
 """
 from __future__ import annotations
 
@@ -35,18 +36,16 @@ import torch.distributed as dist
 
 from games.data.errors import InputError
 from games.data.recording import Recording
-from worldmodel.checkpoint import check_action_space, save_checkpoint
-from worldmodel.train.data import ClipDataset, split_episodes, with_causing_actions
+from worldmodel.checkpoint import check_action_space
+from worldmodel.train.data import ClipDataset, held_out_split, with_causing_actions
 from worldmodel.distill.report import DistillReport
 from worldmodel.distill.losses import critic_loss, dmd_loss, ode_loss, score_clips, teacher_window
 from worldmodel.nn.flow import Denoiser, NoiseSchedule
-from worldmodel.nn.dit import DiT, count_params
+from worldmodel.nn.dit import count_params
 from worldmodel.engine.rollout import Rollout
 from worldmodel.engine.sampler import load_teacher
-from worldmodel.train.processes import check_ranks_agree, start_processes
-from worldmodel.train.state import load_train_state, save_train_state
-
-PHASES = ("pairs", "ode", "dmd")
+from worldmodel.train.processes import end_processes
+from worldmodel.train.run import EMA, Cadence, Deadline, TrainingRun, optimizer_step, step_generators
 
 
 @dataclass
@@ -86,14 +85,6 @@ class DistillConfig:
     progress: bool = True
 
 
-def _generators(cfg: DistillConfig, rank: int, phase: str, step: int, device):
-    """The random sources of one step: a pure function of (seed, rank, phase, step), hence exact resume."""
-    np_rng = np.random.default_rng([cfg.seed, rank, PHASES.index(phase), step])
-    g = torch.Generator(device=device)
-    g.manual_seed(int(np_rng.integers(2**62)))
-    return np_rng, g
-
-
 def check_config(cfg: DistillConfig) -> None:
     """An InputError naming the first setting that cannot work (before anything is loaded or written)."""
     if cfg.window < 1 or cfg.start_frames < 1 or not 0 <= cfg.sink <= cfg.start_frames:
@@ -110,13 +101,10 @@ def check_config(cfg: DistillConfig) -> None:
         raise InputError("say how long to distill: ode_steps=N and/or dmd_steps=M")
 
 
-class Distiller:
+class Distiller(TrainingRun):
     def __init__(self, cfg: DistillConfig):
-        self.cfg = cfg
         check_config(cfg)
-        procs = self.procs = start_processes(cfg.device, cfg.threads)
-        self.distributed, self.rank, self.world, self.device = procs.distributed, procs.rank, procs.world, procs.device
-        self.out = Path(cfg.out)
+        super().__init__(cfg)
         self.teacher_model = load_teacher(cfg.teacher, device=self.device)
         self.meta = self.teacher_model.metadata
         self._load_data()
@@ -127,10 +115,9 @@ class Distiller:
         cfg = self.cfg
         self.recording = Recording(cfg.data)
         check_action_space(self.meta, self.recording.action_space)
-        tcfg = self.meta.get("provenance", {}).get("train_config", {})
+        tcfg = self.teacher_model.info.train_config
         # the teacher's own split: episodes it held out stay held out for the student too
-        self.train_ids, self.val_ids = split_episodes(self.recording, float(tcfg.get("val_fraction", 0.1)),
-                                                      seed=int(tcfg.get("seed", 0)))
+        self.train_ids, self.val_ids = held_out_split(self.recording, self.meta)
         self.change_strength = float(tcfg.get("change_weight", 0.0))
         self.clip_len = int(tcfg.get("clip_len", 8))
         frames = cfg.start_frames + max(cfg.rollout_frames + cfg.window - 1, cfg.window)
@@ -146,10 +133,10 @@ class Distiller:
         self.dmd_shift = cfg.dmd_shift or schedule.shift
         self.teacher = teacher  # frozen: the real score
         # student, its EMA and the critic all start as the teacher's network
-        self.student, self.ema, self.critic = (copy.deepcopy(teacher.net).requires_grad_(trainable)
-                                               for trainable in (True, False, True))
+        self.student, self.critic = (copy.deepcopy(teacher.net).requires_grad_(True) for _ in range(2))
+        self.ema = EMA(self.student, cfg.ema)
         self.student_den = Denoiser(self.student, self.schedule)
-        self.ema_den = Denoiser(self.ema, self.schedule)
+        self.ema_den = Denoiser(self.ema.net, self.schedule)
         self.critic_den = Denoiser(self.critic, schedule)
         self.opt_ode = torch.optim.AdamW(self.student.parameters(), lr=cfg.ode_lr, betas=(0.9, 0.99),
                                          weight_decay=0.0)
@@ -159,17 +146,14 @@ class Distiller:
                                             weight_decay=0.0)
         self.steps = {"ode": 0, "dmd": 0}
         self.history: list[dict] = []
-        state = self.out / "state.safetensors"
-        if cfg.resume and state.exists():
-            extra = load_train_state(state, self._modules(), self._optimizers())
+        extra = self.folder.load_state(self._modules(), self._optimizers())
+        if extra is not None:
             self.steps, self.history = dict(extra["steps"]), list(extra.get("history", []))
-        elif not cfg.resume and state.exists():
-            raise InputError(f"{self.out} already holds a run; resume=true continues it, or choose another out=")
         self.report = DistillReport(self.out, self.recording, self.teacher_model.codec, self.val_ids,
                                     cfg.start_frames) if self.rank == 0 else None
 
     def _modules(self) -> dict:
-        return {"student": self.student, "ema": self.ema, "critic": self.critic}
+        return {"student": self.student, "ema": self.ema.net, "critic": self.critic}
 
     def _optimizers(self) -> dict:
         return {"opt_ode": self.opt_ode, "opt_student": self.opt_student, "opt_critic": self.opt_critic}
@@ -193,7 +177,7 @@ class Distiller:
     def _chunk_path(self, i: int) -> Path:
         return self._pairs_dir() / f"chunk-{i:05d}.safetensors"
 
-    def make_pairs(self, bar=None, deadline=None) -> bool:
+    def make_pairs(self, bar=None, deadline: Deadline | None = None) -> bool:
         """Solve the teacher's windows, one chunk of ``ode_batch`` at a time (written atomically; chunks already
         on disk are kept). Returns False if the time limit stopped it."""
         from safetensors.torch import save_file
@@ -204,9 +188,9 @@ class Distiller:
             path = self._chunk_path(i)
             if i % self.world != self.rank or path.exists():
                 continue
-            if deadline and time.monotonic() > deadline:
+            if deadline is not None and deadline.passed():
                 return False
-            rng, g = _generators(cfg, 0, "pairs", i, self.device)
+            rng, g = step_generators(cfg.seed, 0, "pairs", i, device=self.device)
             x0, actions = self._batch(rng, cfg.ode_batch)
             inputs, targets = teacher_window(self.teacher, x0[:, :S], actions[:, :S], actions[:, S:S + W],
                                              self.teacher_levels, W, g, max_context=self.clip_len - 1)
@@ -238,13 +222,13 @@ class Distiller:
     # -- phase 2: ODE init --------------------------------------------------------------------------------------------
     def ode_step(self, pairs: dict[str, torch.Tensor]) -> dict:
         cfg = self.cfg
-        rng, _ = _generators(cfg, self.rank, "ode", self.steps["ode"], self.device)
+        rng, _ = step_generators(cfg.seed, self.rank, "ode", self.steps["ode"], device=self.device)
         idx = torch.from_numpy(rng.integers(0, len(pairs["start"]), cfg.ode_batch))
         b = {k: v[idx] for k, v in pairs.items()}
         loss = ode_loss(self.student_den, b["start"], b["inputs"], b["targets"], b["actions"], self.levels,
                         cfg.sink, cfg.recent, self.change_strength)
         grad_norm = self._update(loss, self.student, self.opt_ode)
-        self._update_ema(self.steps["ode"])
+        self.ema.update(self.steps["ode"])
         self.steps["ode"] += 1
         return {"phase": "ode", "step": self.steps["ode"], "ode_loss": loss.item(), "grad_norm": grad_norm}
 
@@ -265,7 +249,7 @@ class Distiller:
 
     def critic_step(self, sub: int) -> float:
         cfg = self.cfg
-        rng, g = _generators(cfg, self.rank, "dmd", self.steps["dmd"] * 1000 + sub, self.device)
+        rng, g = step_generators(cfg.seed, self.rank, "critic", self.steps["dmd"], sub, self.device)
         start, actions, mode = self._rollout_inputs(rng)
         with torch.no_grad():
             result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
@@ -279,7 +263,7 @@ class Distiller:
     def student_step(self) -> tuple[torch.Tensor, dict]:
         """One DMD step of the student on a fresh rollout with gradient windows; returns (loss, stats)."""
         cfg = self.cfg
-        rng, g = _generators(cfg, self.rank, "dmd", self.steps["dmd"] * 1000 + 999, self.device)
+        rng, g = step_generators(cfg.seed, self.rank, "student", self.steps["dmd"], device=self.device)
         start, actions, mode = self._rollout_inputs(rng)
         offset = int(rng.integers(cfg.window))
         result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
@@ -295,7 +279,7 @@ class Distiller:
         critic = [self.critic_step(i) for i in range(self.cfg.critic_steps)]
         loss, stats = self.student_step()
         grad_norm = self._update(loss, self.student, self.opt_student)
-        self._update_ema(self.steps["ode"] + self.steps["dmd"])
+        self.ema.update(self.steps["ode"] + self.steps["dmd"])
         self.steps["dmd"] += 1
         row = {"phase": "dmd", "step": self.steps["dmd"], "grad_norm": grad_norm,
                "critic_loss": float(np.mean(critic)) if critic else float("nan")}
@@ -303,25 +287,11 @@ class Distiller:
         return row
 
     # -- shared -----------------------------------------------------------------------------------------------------
-    def _update(self, loss: torch.Tensor, net: DiT, opt: torch.optim.Optimizer) -> float:
+    def _update(self, loss: torch.Tensor, net: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+        """An optimizer step of ``net`` (student or critic; no DDP: gradients averaged across processes here)."""
         if not math.isfinite(loss.item()):
             raise RuntimeError(f"distillation loss is {loss.item()}: lower the learning rates")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.distributed:
-            for p in net.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), self.cfg.grad_clip))
-        opt.step()
-        return grad_norm
-
-    def _update_ema(self, step: int) -> None:
-        decay = min(self.cfg.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.student.parameters()):
-                pe.lerp_(p, 1.0 - decay)
+        return optimizer_step(loss, net, opt, self.cfg.grad_clip, average_over=self.procs)
 
     def metadata(self, stage: str) -> dict:
         cfg = self.cfg
@@ -329,7 +299,7 @@ class Distiller:
         meta["kind"] = "student"
         meta["schedule"] = self.schedule.to_dict()
         # how it plays: trained only frame by frame (the Self-Forcing way) it plays frame by frame
-        mode = "framewise" if cfg.framewise_fraction == 1 else ("rolling" if cfg.sink else "rolling_nosink")
+        mode = "framewise" if cfg.framewise_fraction == 1 else "rolling"
         meta["engine"] = {"window": cfg.window, "sink": cfg.sink, "recent": cfg.recent, "mode": mode}
         meta["distill"] = {"stage": stage, "ode_steps": self.steps["ode"], "dmd_steps": self.steps["dmd"],
                            "teacher": str(Path(cfg.teacher).resolve()), "config": asdict(cfg),
@@ -339,18 +309,12 @@ class Distiller:
     def save(self) -> None:
         if self.rank != 0:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_train_state(self.out / "state.safetensors", self._modules(), self._optimizers(),
-                         {"steps": self.steps, "history": self.history})
-        tensors = {f"model.{k}": v for k, v in self.ema.state_dict().items()}
-        tensors.update({f"codec.{k}": v for k, v in self.teacher_model.codec.state_dict().items()})
+        self.folder.save_state(self._modules(), self._optimizers(), {"steps": self.steps, "history": self.history})
+        weights = {"model": self.ema.net, "codec": self.teacher_model.codec}
         if self.steps["ode"] and not self.steps["dmd"]:
-            save_checkpoint(self.out / "ode.safetensors", tensors, self.metadata("ode"))
+            self.folder.ship("ode.safetensors", self.metadata("ode"), **weights)
         if self.steps["dmd"]:
-            save_checkpoint(self.out / "student.safetensors", tensors, self.metadata("dmd"))
-
-    def check_ranks_agree(self) -> None:
-        check_ranks_agree(self.student, self.procs, "student's weights")
+            self.folder.ship("student.safetensors", self.metadata("dmd"), **weights)
 
 
 def distill(cfg: DistillConfig) -> Path:
@@ -360,25 +324,17 @@ def distill(cfg: DistillConfig) -> Path:
 
     d = Distiller(cfg)
     if d.rank == 0:
-        d.out.mkdir(parents=True, exist_ok=True)
-        (d.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        d.folder.write_config(cfg)
         print(f"student {count_params(d.student) / 1e6:.2f}M parameters, window {cfg.window}, sink {cfg.sink}, "
               f"recent {cfg.recent}, levels {[round(s, 3) for s in d.levels]}; ODE {d.steps['ode']}/{cfg.ode_steps}, "
               f"DMD {d.steps['dmd']}/{cfg.dmd_steps} steps done; {d.world} process(es) on {d.device}")
-    deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
+    deadline, checkpoints = Deadline(cfg.minutes), Cadence(cfg.checkpoint_minutes)
     show = cfg.progress and d.rank == 0
-    last_ckpt = time.monotonic()
 
-    def out_of_time() -> bool:
-        return deadline is not None and time.monotonic() > deadline
-
-    def maybe_checkpoint() -> None:
-        nonlocal last_ckpt
-        if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-            d.save()
-            if d.rank == 0:
-                d.report.write_log(d.history)
-            last_ckpt = time.monotonic()
+    def checkpoint() -> None:
+        d.save()
+        if d.rank == 0:
+            d.report.write_log(d.history)
 
     try:
         if cfg.ode_steps and d.steps["ode"] < cfg.ode_steps and d.steps["dmd"] == 0:
@@ -390,30 +346,26 @@ def distill(cfg: DistillConfig) -> Path:
                 pairs = d._load_pairs()
                 with tqdm(total=cfg.ode_steps, initial=d.steps["ode"], disable=not show, unit="step",
                           desc="ODE init", dynamic_ncols=True) as bar:
-                    while d.steps["ode"] < cfg.ode_steps and not out_of_time():
+                    while d.steps["ode"] < cfg.ode_steps and not deadline.passed():
                         row = d.ode_step(pairs)
                         d.history.append(row)
                         bar.update(1)
                         bar.set_postfix(loss=f"{row['ode_loss']:.4f}")
-                        maybe_checkpoint()
+                        checkpoints.run(checkpoint)
                 if d.steps["ode"] >= cfg.ode_steps:
                     d.save()  # ode.safetensors: the student before DMD
-        if cfg.dmd_steps and (d.steps["ode"] >= cfg.ode_steps) and not out_of_time():
+        if cfg.dmd_steps and (d.steps["ode"] >= cfg.ode_steps) and not deadline.passed():
             with tqdm(total=cfg.dmd_steps, initial=d.steps["dmd"], disable=not show, unit="step", desc="DMD",
                       dynamic_ncols=True) as bar:
-                while d.steps["dmd"] < cfg.dmd_steps and not out_of_time():
+                while d.steps["dmd"] < cfg.dmd_steps and not deadline.passed():
                     row = d.dmd_step()
                     d.history.append(row)
                     bar.update(1)
                     bar.set_postfix(dmd=f"{row['dmd_loss']:.4f}", critic=f"{row['critic_loss']:.4f}")
                     if d.rank == 0 and (d.steps["dmd"] % cfg.sample_every == 0 or d.steps["dmd"] == cfg.dmd_steps):
                         d.report.write(d.ema_den, d.levels, cfg, d.history, d.steps["dmd"])
-                    maybe_checkpoint()
+                    checkpoints.run(checkpoint)
     finally:
-        d.save()  # also on Ctrl-C: nothing done is lost
-        if d.rank == 0:
-            d.report.write_log(d.history)
-        if d.distributed:
-            d.check_ranks_agree()
-            dist.destroy_process_group()
+        checkpoint()  # also on Ctrl-C: nothing done is lost
+        end_processes(d.procs, d.student, "student's weights")
     return d.out / ("student.safetensors" if d.steps["dmd"] else "ode.safetensors")

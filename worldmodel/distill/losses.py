@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.nn.attention import causal_mask
-from worldmodel.nn.flow import Denoiser, change_weight
+from worldmodel.nn.flow import Denoiser, change_weight, euler_step, shift_levels
 from worldmodel.engine.kv_cache import cached_pass, start_cache
 
 
@@ -49,8 +49,7 @@ def teacher_window(teacher: Denoiser, start, start_actions, actions, teacher_lev
             sigma = torch.cat([torch.zeros(B, T - 1, device=x.device), torch.full((B, 1), s, device=x.device)], 1)
             x0 = teacher(torch.cat([ctx, x], 1), sigma, torch.cat([ctx_act, actions[:, i:i + 1]], 1),
                          frame_mask=causal_mask(T, x.device))[:, -1:]
-            eps = (x - (1 - s) * x0) / s
-            x = (1 - s_next) * x0 + s_next * eps
+            x = euler_step(x, x0, s, s_next)
         inputs.append(path[window - 1 - i])
         targets.append(x)
         ctx, ctx_act = torch.cat([ctx, x], 1), torch.cat([ctx_act, actions[:, i:i + 1]], 1)
@@ -101,7 +100,7 @@ def score_clips(context_frames, context_actions, frames, actions, block: int, n_
 def sample_dmd_levels(n: int, shift: float, t_min: float, t_max: float, generator, device) -> torch.Tensor:
     """One level per clip: uniform in [t_min, t_max], shifted toward noise like the sampler's levels."""
     u = t_min + (t_max - t_min) * torch.rand(n, generator=generator, device=device)
-    return shift * u / (1 + (shift - 1) * u)
+    return shift_levels(u, shift)
 
 
 def _denoise_blocks(score: Denoiser, ctx, ctx_act, noisy, blk_act, t):

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from worldmodel.engine.rollout import Rollout
-from worldmodel.engine.sampler import psnr
+from worldmodel.train.run import MetricsLog
+from worldmodel.eval.metrics import psnr
+from worldmodel.train.data import causing_actions
 
 
 class DistillReport:
@@ -17,7 +19,7 @@ class DistillReport:
 
     def __init__(self, out: Path, recording, codec, val_ids: list[int], start_frames: int, frames: int = 64):
         self.out, self.codec, self.start_frames = Path(out), codec, start_frames
-        self._logged = 0
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
         ids = list(val_ids) or list(range(len(recording)))
         ep = max((recording[i] for i in ids), key=lambda e: e.length)
         n = min(frames, ep.length - start_frames - 8)
@@ -25,7 +27,7 @@ class DistillReport:
         if n >= 8:
             lo = 1
             real = ep.frames()[lo:lo + start_frames + n + 8]
-            acts = ep.actions()[lo - 1:lo + start_frames + n + 7]  # acts[t] produced real[t]
+            acts = causing_actions(ep.actions())[lo:lo + start_frames + n + 8]  # acts[t] produced real[t]
             self.clip = (real, acts, n)
         self.fps = recording.fps
 
@@ -44,16 +46,12 @@ class DistillReport:
         folder = self.out / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         write_mp4(folder / f"step-{step:06d}.mp4", (hstack(t, g) for t, g in zip(truth, gen)), fps=self.fps, scale=4)
-        scores = {h: psnr(gen[h - 1], truth[h - 1]) for h in (1, 8, 32) if h <= n}
+        scores = {h: psnr(gen[h - 1], truth[h - 1], 255.0) for h in (1, 8, 32) if h <= n}
         with open(self.out / "samples.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "psnr_by_horizon": scores}) + "\n")
 
     def write_log(self, history: list[dict]) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            for row in history[self._logged:]:
-                f.write(json.dumps(row) + "\n")
-        self._logged = len(history)
+        self.metrics.write(history)
         self._plot(history)
 
     def _plot(self, history: list[dict]) -> None:

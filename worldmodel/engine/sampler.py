@@ -1,8 +1,9 @@
 """Many-step sampling with the teacher: the quality reference that the distilled student is measured against.
 
 ``rollout`` generates frames autoregressively from real start frames and a recorded action sequence, each frame
-denoised with ``steps`` Euler steps given the last ``context`` generated (or start) frames. ``teacher_forced``
-predicts every frame from the *real* frames before it. Both work in the codec's latent space and return uint8.
+denoised with ``steps`` Euler steps given the last ``context`` generated (or start) frames, in the codec's latent
+space; it returns uint8. ``ManyStepSampler`` hands it to the fidelity evaluator (``eval.fidelity``), which scores it
+against the real game as it scores the engine's sessions.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint
+from worldmodel.metadata import ModelInfo
 from worldmodel.nn.codec import make_codec
 from worldmodel.nn.flow import Denoiser, NoiseSchedule, sample_next_frame
 from worldmodel.nn.dit import DiT, DiTConfig
@@ -25,12 +27,16 @@ class Teacher:
     metadata: dict
 
     @property
+    def info(self) -> ModelInfo:
+        return ModelInfo.from_metadata(self.metadata)
+
+    @property
     def attention(self) -> str:
-        return self.metadata.get("attention", "causal")
+        return self.info.attention
 
     @property
     def clip_len(self) -> int:
-        return int(self.metadata["provenance"].get("train_config", {}).get("clip_len", 8))
+        return self.info.clip_len
 
 
 def codec_from_checkpoint(ckpt):
@@ -87,77 +93,19 @@ def rollout(teacher: Teacher, start_frames: np.ndarray, actions: np.ndarray, ste
     return np.stack(out)
 
 
-@torch.no_grad()
-def teacher_forced(teacher: Teacher, frames: np.ndarray, causing_actions: np.ndarray, first: int,
-                   steps: int = 16, context: int | None = None, seed: int = 0) -> np.ndarray:
-    """Predict frames[first:] each from the real frames before it. ``causing_actions[t]`` produced frame t.
+@dataclass
+class ManyStepSampler:
+    """The teacher sampled as ``rollout`` samples it, for the fidelity evaluator (``eval.fidelity``): B sessions,
+    one after another, session i seeded ``seed + i``."""
+    teacher: Teacher
+    steps: int = 16  # Euler steps per frame
+    context_sigma: float = 0.0  # the noise level the context frames are shown at (see ``rollout``)
+    lookahead: int = 0  # frame by frame: no action is needed past the last frame
 
-    Returns uint8 [len(frames) - first, H, W, 3].
-    """
-    device = next(teacher.denoiser.parameters()).device
-    context = context or teacher.clip_len - 1
-    codec = teacher.codec
-    latents = codec.encode(torch.from_numpy(frames).to(device))[None]  # [1, T, C, h, w]
-    acts = torch.from_numpy(np.asarray(causing_actions, np.float32)).to(device)[None]
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = []
-    for t in range(first, len(frames)):
-        lo = max(0, t - context)
-        x = sample_next_frame(teacher.denoiser, latents[:, lo:t], acts[:, lo:t], acts[:, t], steps,
-                              attention=teacher.attention, generator=g)
-        out.append(codec.to_uint8(codec.decode(x))[0].cpu().numpy())
-    return np.stack(out)
-
-
-def mse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between uint8 images (data range 255)."""
-    return pooled_psnr([mse(a, b)])
-
-
-def pooled_psnr(mses) -> float:
-    """PSNR of the mean squared error over samples (finite even when some samples are exact copies)."""
-    m = float(np.mean(mses))
-    return float("inf") if m == 0 else float(10 * np.log10(255.0 ** 2 / m))
-
-
-def fidelity(teacher: Teacher, recording, episodes, horizons=(1, 4, 16), starts: int = 2, steps: int = 16,
-             seed: int = 0, context_sigma: float = 0.0) -> dict:
-    """Teacher-forced next-frame PSNR and autoregressive PSNR by horizon on ``episodes`` of ``recording``,
-    next to the two trivial baselines (repeat the last real frame; the mean frame), on the same frames.
-    Every figure is the PSNR of the mean squared error over all samples (pooled)."""
-    rng = np.random.default_rng(seed)
-    H = max(horizons)
-    ctx = teacher.clip_len - 1
-    tf, tf_repeat, ar = [], [], {h: [] for h in horizons}
-    ar_repeat, ar_mean = {h: [] for h in horizons}, {h: [] for h in horizons}
-    for ep in episodes:
-        ep = recording[ep]
-        if ep.length < ctx + H + 2:
-            continue
-        frames, actions = ep.frames(), ep.actions()
-        mean_frame = frames.mean(axis=0).round().astype(np.uint8)
-        for _ in range(starts):
-            s = int(rng.integers(ctx + 1, ep.length - H))
-            causing = np.concatenate([np.zeros_like(actions[:1]), actions[:-1]])  # causing[t] produced frame t
-            pred = teacher_forced(teacher, frames[s - ctx:s + 1], causing[s - ctx:s + 1], first=ctx, steps=steps,
-                                  seed=seed)
-            tf.append(mse(pred[0], frames[s]))
-            tf_repeat.append(mse(frames[s - 1], frames[s]))
-            gen = rollout(teacher, frames[s - ctx:s], causing[s:s + H], steps=steps, seed=seed,
-                          start_actions=causing[s - ctx:s], context_sigma=context_sigma)
-            for h in horizons:
-                truth = frames[s + h - 1]
-                ar[h].append(mse(gen[h - 1], truth))
-                ar_repeat[h].append(mse(frames[s - 1], truth))
-                ar_mean[h].append(mse(mean_frame, truth))
-    if not tf:
-        raise ValueError("no episode long enough for these horizons")
-    p = pooled_psnr
-    return {"samples": len(tf), "steps": steps, "teacher_forced": p(tf), "teacher_forced_repeat_last": p(tf_repeat),
-            "autoregressive": {h: p(ar[h]) for h in horizons},
-            "repeat_last": {h: p(ar_repeat[h]) for h in horizons},
-            "mean_frame": {h: p(ar_mean[h]) for h in horizons}}
+    def generate(self, start: np.ndarray, actions: np.ndarray, n: int, seed: int) -> np.ndarray:
+        """``n`` frames uint8 [B, n, H, W, 3] after ``start`` [B, S, H, W, 3]; ``actions`` [B, >= S + n, A]: row t
+        produced frame t of the session, start frames first."""
+        S = start.shape[1]
+        return np.stack([rollout(self.teacher, start[i], actions[i, S:S + n], self.steps, seed=seed + i,
+                                 start_actions=actions[i, :S], context_sigma=self.context_sigma)
+                         for i in range(len(start))])

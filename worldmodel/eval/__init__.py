@@ -1,1 +1,1 @@
-"""Evaluation: metrics, fidelity, drift, control, the report."""
+"""Evaluation: the metrics (MSE, PSNR, SSIM), fidelity by horizon, drift and its frame quality Q, the report."""

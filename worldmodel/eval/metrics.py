@@ -1,4 +1,9 @@
-"""Image fidelity metrics on batches of uint8 frames: PSNR and SSIM with the data range stated, never guessed.
+"""Image fidelity metrics on batches of frames: MSE, PSNR and SSIM with the data range stated, never guessed.
+
+The one place these formulas live: evaluation, the training and distillation reports, the sampler's printout and
+the codec's measurements all call them. PSNR = 10 log10(L^2 / MSE) with L the data range. Over many samples the
+figure is ``pooled_psnr``, the PSNR of the mean squared error: a mean of per-sample PSNRs would be infinite as soon
+as one sample is an exact copy.
 
 SSIM follows Wang et al. (2004): local means, variances and covariance under an 11x11 Gaussian window (sigma 1.5),
 constants C1 = (0.01 L)^2 and C2 = (0.03 L)^2 with L the data range, averaged over the valid (unpadded) positions
@@ -12,12 +17,33 @@ import torch
 import torch.nn.functional as F
 
 
+def mse_per_frame(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Mean squared error of each pair of frames [N, H, W, C] -> float64 [N]."""
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return (d ** 2).reshape(len(d), -1).mean(1)
+
+
+def psnr_of_mse(mse, data_range: float):
+    """PSNR in dB of a mean squared error (a number or an array of them; inf for 0)."""
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(data_range ** 2 / np.asarray(mse, np.float64))
+
+
 def psnr_per_frame(a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     """PSNR in dB of each pair of frames [N, H, W, C] (inf for identical frames)."""
-    d = a.astype(np.float64) - b.astype(np.float64)
-    err = (d ** 2).reshape(len(d), -1).mean(1)
-    with np.errstate(divide="ignore"):
-        return 10 * np.log10(data_range ** 2 / err)
+    return psnr_of_mse(mse_per_frame(a, b), data_range)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float) -> float:
+    """PSNR in dB of one pair of frames [H, W, C] (inf for identical frames)."""
+    return float(psnr_per_frame(a[None], b[None], data_range)[0])
+
+
+def pooled_psnr(mse: np.ndarray, data_range: float, axis: int = 0) -> np.ndarray:
+    """PSNR of the mean squared error over the samples along ``axis`` (e.g. [starts, horizons] -> [horizons]).
+    The mean is floored at 1e-10 so that a model that copies every sample exactly still scores a finite figure
+    (the report and its JSON want numbers)."""
+    return psnr_of_mse(np.maximum(np.mean(mse, axis), 1e-10), data_range)
 
 
 def _gaussian(size: int, sigma: float) -> torch.Tensor:

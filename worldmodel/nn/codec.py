@@ -1,4 +1,5 @@
-"""Codecs: frames <-> the latent grids the denoiser works on (DESIGN.md, "Training" step 1).
+"""Codecs: frames <-> the latent grids the denoiser works on (the optional first stage of training,
+``docs/codec.md``).
 
 Every codec maps frames ``[..., H, W, 3]`` (uint8 0..255, or float 0..1 as ``decode`` returns them) to latents
 ``[..., C, h, w]`` that are roughly zero-mean and unit-variance, and back. Two kinds, named in ``CODECS``:
@@ -25,6 +26,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from games.data.errors import InputError
+from worldmodel.eval.metrics import psnr_of_mse
 
 
 def as_unit_frames(frames) -> torch.Tensor:
@@ -220,7 +222,7 @@ class ConvAutoencoder(Codec):
         with torch.no_grad():
             plain_mse = (err.clamp(-2, 2) / 2).square().mean()  # in [0, 1] pixel units
         stats = {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "latent_rms": reg.sqrt().item(),
-                 "psnr": -10 * math.log10(max(plain_mse.item(), 1e-10))}
+                 "psnr": float(psnr_of_mse(max(plain_mse.item(), 1e-10), 1.0))}
         return loss, stats
 
     @torch.no_grad()
@@ -275,8 +277,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
     [N, H, W] when given (the "sprite" figure: few pixels per frame, some frames have none)."""
     err = (a.float() - b.float()).square().mean(-1)  # [N, H, W]
     if mask is not None:
-        return -10 * math.log10(max(err[mask].mean().item(), 1e-10))
-    return (-10 * torch.log10(err.flatten(1).mean(1).clamp_min(1e-10))).mean().item()
+        return float(psnr_of_mse(max(err[mask].mean().item(), 1e-10), 1.0))
+    return float(psnr_of_mse(err.flatten(1).mean(1).clamp_min(1e-10).double().cpu().numpy(), 1.0).mean())
 
 
 @torch.no_grad()

@@ -53,7 +53,7 @@ class DiTConfig:
 
 
 # Named sizes. ``small`` is the 64x64 model that must run at >= 30 ticks/s on 2 CPU cores (window 4 + cache):
-# dim 192 since session 3 (dim 256 missed the p99 tick target by ~10%, docs/engine.md); checkpoints carry their
+# dim 192 (dim 256 missed the p99 tick target by ~10%, docs/engine.md); checkpoints carry their
 # own dimensions, so models trained at 256 still load.
 MODELS: dict[str, dict] = {
     "tiny": dict(dim=64, depth=2, heads=2),

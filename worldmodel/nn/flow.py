@@ -26,9 +26,8 @@ class NoiseSchedule:
         return asdict(self)
 
     def levels(self, steps: int, device=None) -> torch.Tensor:
-        """steps + 1 decreasing levels from 1 to 0, shifted: s' = shift*s / (1 + (shift-1)*s)."""
-        s = torch.linspace(1.0, 0.0, steps + 1, device=device)
-        return self.shift * s / (1 + (self.shift - 1) * s)
+        """steps + 1 decreasing levels from 1 to 0, shifted (``shift_levels``)."""
+        return shift_levels(torch.linspace(1.0, 0.0, steps + 1, device=device), self.shift)
 
     def sample_train_levels(self, batch: int, frames: int, generator=None, device=None) -> torch.Tensor:
         """Independent noise level per frame (diffusion forcing) [B, T]; some clips get a clean context prefix."""
@@ -38,6 +37,18 @@ class NoiseSchedule:
         cut = torch.randint(1, max(frames, 2), (batch,), generator=generator, device=device)
         prefix = torch.arange(frames, device=device)[None] < cut[:, None]
         return torch.where(clean[:, None] & prefix, torch.zeros_like(s), s)
+
+
+def shift_levels(s, shift: float):
+    """Levels moved toward noise: s' = shift*s / (1 + (shift-1)*s) (SD3/Wan style; shift 1 changes nothing)."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def euler_step(x, x0, s, s_next):
+    """One deterministic step along the flow path from level ``s`` to ``s_next`` < s, given the clean prediction
+    ``x0`` of ``x``: the noise ``x`` implies is kept (DDIM-like)."""
+    eps = (x - (1 - s) * x0) / s
+    return (1 - s_next) * x0 + s_next * eps
 
 
 def add_noise(x0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -119,6 +130,5 @@ def sample_next_frame(denoiser: Denoiser, context, context_actions, action, step
         sigma = torch.cat([torch.full((B, Tc), context_sigma, device=x.device),
                            torch.full((B, 1), float(s), device=x.device)], 1)
         x0 = denoiser(torch.cat([context, x], dim=1), sigma, actions, frame_mask=mask)[:, -1:]
-        eps = (x - (1 - s) * x0) / s
-        x = (1 - s_next) * x0 + s_next * eps
+        x = euler_step(x, x0, s, s_next)
     return x[:, 0]

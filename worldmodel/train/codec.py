@@ -2,13 +2,12 @@
 
 ``rollingworld train-codec data=DIR out=RUN minutes=15`` trains ``ConvAutoencoder`` on pairs of consecutive frames
 (the pair gives the "changed since the previous frame" loss weights), with a progress bar, atomic checkpoints
-every few minutes and exact resume (each step's random draws are seeded by (seed, step), as in teacher training).
+every few minutes and exact resume (each step's random draws are seeded by (seed, "codec", step): ``run.py``).
 It writes ``RUN/codec.safetensors`` (kind ``codec``: calibrated weights + config) which ``train codec=...`` uses,
 and reports reconstruction PSNR on held-out episodes next to the mean-frame baseline.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +17,9 @@ import torch
 
 from games.data.errors import InputError
 from games.data.recording import Recording
-from worldmodel.checkpoint import save_checkpoint
 from worldmodel.nn.codec import ConvAutoencoder, evaluate
 from worldmodel.train.data import ClipDataset, split_episodes
-from worldmodel.train.state import load_train_state, save_train_state
+from worldmodel.train.run import Cadence, Deadline, RunFolder, optimizer_step, step_generators, warmup_lr
 
 
 @dataclass
@@ -66,50 +64,40 @@ def train_codec(cfg: CodecTrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     codec = ConvAutoencoder(down=cfg.down, latent_channels=cfg.latent_channels, width=cfg.width, blocks=cfg.blocks)
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, weight_decay=0.0)
-    out = Path(cfg.out)
-    state_path, step = out / "state.safetensors", 0
-    if state_path.exists():
-        if not cfg.resume:
-            raise InputError(f"{out} already holds a run; resume=true continues it, or choose another out=")
-        step = int(load_train_state(state_path, {"codec": codec}, {"opt": opt})["step"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    folder = RunFolder(cfg.out, cfg.resume)
+    extra = folder.load_state({"codec": codec}, {"opt": opt})
+    step = int(extra["step"]) if extra is not None else 0
+    folder.write_config(cfg)
 
     def save() -> dict:
-        save_train_state(state_path, {"codec": codec}, {"opt": opt}, {"step": step})
-        calib_rng = np.random.default_rng([cfg.seed, 99])
+        folder.save_state({"codec": codec}, {"opt": opt}, {"step": step})
+        calib_rng, _ = step_generators(cfg.seed, 0, "calibration", 0)
         codec.calibrate(torch.from_numpy(pairs.sample_batch(calib_rng, 512)[0][:, 0]))
         scores = evaluate(codec, val_frames) if val_frames is not None else {}
-        save_checkpoint(out / "codec.safetensors", {f"codec.{k}": v for k, v in codec.state_dict().items()},
-                        _codec_metadata(codec, rec, cfg, step, scores))
+        folder.ship("codec.safetensors", _codec_metadata(codec, rec, cfg, step, scores), codec=codec)
         return scores
 
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps or None, initial=step, unit="step", disable=not cfg.progress, dynamic_ncols=True)
-    start = last_save = time.monotonic()
+    deadline, checkpoints = Deadline(cfg.minutes), Cadence(cfg.checkpoint_minutes)
     try:
-        while (not cfg.steps or step < cfg.steps) and (not cfg.minutes or time.monotonic() - start < cfg.minutes * 60):
-            rng = np.random.default_rng([cfg.seed, step])
+        while (not cfg.steps or step < cfg.steps) and not deadline.passed():
+            rng, _ = step_generators(cfg.seed, 0, "codec", step)
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+                g["lr"] = warmup_lr(cfg.lr, cfg.warmup, step)
             frames, _ = pairs.sample_batch(rng, cfg.batch)  # uint8 [B, 2, H, W, 3]
             codec.train()
             loss, stats = codec.loss(torch.from_numpy(frames))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
-            opt.step()
+            optimizer_step(loss, codec, opt, 1.0)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}")
-            if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
-                save()
-                last_save = time.monotonic()
+            checkpoints.run(save)
     finally:
         bar.close()
         codec.eval()
         scores = save()
-    print(f"codec: {out / 'codec.safetensors'} after {step} steps; held-out " +
+    print(f"codec: {folder.path / 'codec.safetensors'} after {step} steps; held-out " +
           ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if isinstance(v, float)))
     return scores

@@ -5,7 +5,8 @@ dataset (clips never cross episodes; they may cross chunk files) and reads them 
 ``safe_open`` slices, tens of microseconds (``python -m worldmodel.train.data DIR`` measures it). It is a
 ``torch.utils.data.Dataset`` for a DataLoader and a sampler of its own (``sample``, ``sample_batch``) for training
 loops that want no worker processes. ``split_episodes`` holds whole episodes out for validation, so that no
-validation frame was seen in training.
+validation frame was seen in training; ``held_out_split`` recomputes a checkpoint's teacher's split for everyone
+downstream. ``causing_actions`` pairs each frame with the action that produced it (the model's convention).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data
 
-from games.data.recording import Recording, RecordingError
+from games.data.errors import RecordingError
+from games.data.recording import Recording
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -88,6 +90,42 @@ def split_episodes(recording: Recording, val_fraction: float, seed: int = 0) -> 
     return sorted(set(ids) - set(val)), val
 
 
+def held_out_split(recording: Recording, metadata: dict) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices of the teacher a checkpoint comes from: ``split_episodes`` with the
+    fraction and seed of its training run, so that the student, evaluation and sampling never score it on
+    episodes it trained on (a student's metadata carries its teacher's)."""
+    from worldmodel.metadata import ModelInfo
+
+    split = ModelInfo.from_metadata(metadata).split
+    return split_episodes(recording, split.val_fraction, seed=split.seed)
+
+
+def held_out_episodes(recording: Recording, metadata: dict) -> list:
+    """The episodes the checkpoint's teacher held out, or every non-empty one if it held none out (or the
+    recording has too few episodes to hold any out: a model is then scored on what it may have seen)."""
+    try:
+        _, held = held_out_split(recording, metadata)
+    except RecordingError:
+        held = []
+    return [recording[i] for i in (held or [e.index for e in recording if e.length > 0])]
+
+
+def causing_actions(actions: np.ndarray) -> np.ndarray:
+    """Recorded actions [..., T, A] -> [..., T, A] whose row t is the action that produced frame t (zeros for
+    frame 0, which no recorded action produced).
+
+    Recordings store with frame t the action held while it was shown, which produces frame t + 1; the model
+    conditions frame t on the action before it. The one place this shift is made."""
+    actions = np.asarray(actions)
+    return np.concatenate([np.zeros_like(actions[..., :1, :]), actions[..., :-1, :]], axis=-2)
+
+
+def with_causing_actions(frames: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A recorded clip of L + 1 frames [..., L + 1, H, W, 3] with its actions [..., L + 1, A] -> its last L frames,
+    each with the action that produced it (the first frame's cause lies before the clip)."""
+    return frames[..., 1:, :, :, :], causing_actions(actions)[..., 1:, :]
+
+
 def measure_clip_read(dataset: ClipDataset, n: int = 5000, seed: int = 0) -> float:
     """Median seconds to read one random clip (frames and actions), after a warm-up that opens the chunk files."""
     rng = np.random.default_rng(seed)
@@ -104,7 +142,7 @@ def measure_clip_read(dataset: ClipDataset, n: int = 5000, seed: int = 0) -> flo
 def _write_synthetic(root: Path, frames: int, size: int, chunk_frames: int) -> None:
     """A dataset of random frames and actions, for measuring read speed without a game."""
     from games.data.actions import ActionSpace
-    from games.data.recording import RecordingWriter
+    from games.data.writer import RecordingWriter
     rng = np.random.default_rng(0)
     space = ActionSpace(keys=("W", "A", "S", "D"), mouse=True)
     with RecordingWriter(root, "synthetic", space, 30, size, size, chunk_frames) as w:
@@ -130,13 +168,3 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def with_causing_actions(frames, actions):
-    """A recorded clip of L + 1 frames -> L frames, each paired with the action that produced it.
-
-    Recordings store with frame t the action held while it was shown, which produces frame t + 1; the model
-    conditions frame t + 1 on action t. Works on numpy arrays or tensors shaped [..., L + 1, ...] along axis -4 for
-    frames ([..., T, H, W, 3]) and -2 for actions ([..., T, A]).
-    """
-    return frames[..., 1:, :, :, :], actions[..., :-1, :]

@@ -1,4 +1,7 @@
-"""The processes of a training run: one, or several under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA)."""
+"""The processes of a training run: one, or several under ``torchrun`` (DDP: gloo on CPU, NCCL on CUDA).
+
+``start_processes`` joins them at the start of a run; ``end_processes`` checks at its end that they agree and
+leaves the process group."""
 from __future__ import annotations
 
 import os
@@ -42,3 +45,11 @@ def check_ranks_agree(module: nn.Module, procs: Processes, what: str = "weights"
         raise RuntimeError(f"DDP ranks disagree on the {what}: {digests}")
     if procs.rank == 0:
         print(f"ranks agree: {procs.world} processes hold identical weights (digest {digest:.6f})")
+
+
+def end_processes(procs: Processes, module: nn.Module, what: str = "weights") -> None:
+    """The end of a run under ``torchrun``: all processes must hold the same ``module``; then leave the group."""
+    if procs.distributed:
+        check_ranks_agree(module, procs, what)
+        dist.barrier()  # every rank is done with the group before any leaves it
+        dist.destroy_process_group()

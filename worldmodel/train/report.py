@@ -9,7 +9,8 @@ import torch
 
 from worldmodel.train.data import with_causing_actions
 from worldmodel.nn.flow import sample_next_frame
-from worldmodel.engine.sampler import psnr
+from worldmodel.train.run import MetricsLog
+from worldmodel.eval.metrics import psnr
 
 
 class TrainReport:
@@ -23,7 +24,7 @@ class TrainReport:
         if source is not None:
             rng = np.random.default_rng(1234)  # the same clips every time, so grids are comparable
             self.clips = with_causing_actions(*source.sample_batch(rng, clips))  # [n, L, H, W, 3], [n, L, A]
-        self._logged = 0
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
 
     @torch.no_grad()
     def sample_grid(self, denoiser, steps: int) -> tuple[np.ndarray, float]:
@@ -38,18 +39,14 @@ class TrainReport:
         rows, scores = [], []
         for i in range(len(frames)):
             truth = frames[i, -1]
-            scores.append(psnr(pred[i], truth))
+            scores.append(psnr(pred[i], truth, 255.0))
             rows.append(np.concatenate([frames[i, -2], truth, pred[i]], axis=1))
         return np.concatenate(rows, axis=0), float(np.mean(scores))
 
     def write(self, denoiser, history: list[dict], step: int, steps: int) -> None:
         from PIL import Image
 
-        self.out.mkdir(parents=True, exist_ok=True)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            for row in history[self._logged:]:
-                f.write(json.dumps(row) + "\n")
-        self._logged = len(history)
+        self.metrics.write(history)
         if self.clips is not None and step > 0:
             was_training = denoiser.training
             denoiser.eval()

@@ -6,12 +6,12 @@ ships), bf16 autocast, a progress bar, validation on held-out episodes, a PNG of
 loss plot, atomic checkpoints every few minutes and exact resume.
 
 Exact resume: every random draw of step ``k`` (clips, noise levels, noise) comes from generators seeded by
-``(seed, rank, k)``, so a run resumed from the state saved after step ``k`` repeats exactly what an uninterrupted
-run would have done. Several processes under ``torchrun`` train one model with DDP (gloo on CPU, NCCL on CUDA).
+``(seed, rank, "teacher", k)`` (``run.step_generators``), so a run resumed from the state saved after step ``k``
+repeats exactly what an uninterrupted run would have done. Several processes under ``torchrun`` train one model
+with DDP (gloo on CPU, NCCL on CUDA).
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -19,19 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from games.data.errors import InputError
 from games.data.recording import Recording
-from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint, read_header, save_checkpoint
+from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint, read_header
 from worldmodel.nn.codec import make_codec
 from worldmodel.train.data import ClipDataset, split_episodes, with_causing_actions
 from worldmodel.nn.flow import Denoiser, NoiseSchedule, flow_matching_loss
 from worldmodel.nn.dit import MODELS, DiT, DiTConfig, count_params
-from worldmodel.train.processes import check_ranks_agree, start_processes
-from worldmodel.train.state import load_train_state, save_train_state
+from worldmodel.train.processes import end_processes
 from worldmodel.train.report import TrainReport
+from worldmodel.train.run import EMA, Cadence, Deadline, TrainingRun, optimizer_step, step_generators, warmup_lr
 
 
 @dataclass
@@ -68,6 +67,12 @@ class TrainConfig:
     resume: bool = False  # continue the run in ``out`` from its last state
     progress: bool = True
 
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise InputError(f"unknown model size {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.attention not in ("causal", "bidirectional"):
+            raise InputError(f"attention must be causal or bidirectional, got {self.attention!r}")
+
 
 def load_codec(spec: str | Checkpoint):
     """``pixels`` (plain pixel patches), or the codec inside a checkpoint (a path written by ``train-codec``, or a
@@ -95,24 +100,9 @@ def load_init(cfg: TrainConfig, action_space) -> tuple[Checkpoint, TrainConfig]:
                          attention=meta.get("attention", cfg.attention))
 
 
-def _step_generators(cfg: TrainConfig, rank: int, step: int, device) -> tuple[np.random.Generator, torch.Generator]:
-    """The random sources of one step: a pure function of (seed, rank, step), hence exact resume."""
-    np_rng = np.random.default_rng([cfg.seed, rank, step])
-    g = torch.Generator(device=device)
-    g.manual_seed(int(np_rng.integers(2**62)))
-    return np_rng, g
-
-
-def _lr(cfg: TrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-
-
-class Trainer:
+class Trainer(TrainingRun):
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        procs = self.procs = start_processes(cfg.device, cfg.threads)
-        self.distributed, self.rank, self.world, self.device = procs.distributed, procs.rank, procs.world, procs.device
-        self.out = Path(cfg.out)
+        super().__init__(cfg)
         self._load_data()
         self._build()
 
@@ -129,10 +119,6 @@ class Trainer:
 
     def _build(self):
         cfg = self.cfg
-        if cfg.model not in MODELS:
-            raise InputError(f"unknown model size {cfg.model!r}; choose from {', '.join(MODELS)}")
-        if cfg.attention not in ("causal", "bidirectional"):
-            raise InputError(f"attention must be causal or bidirectional, got {cfg.attention!r}")
         init, self.init_provenance = None, {}
         if cfg.init:  # fine-tune: the network, the meaning of its output and the codec are the checkpoint's
             init, cfg = load_init(cfg, self.recording.action_space)
@@ -155,29 +141,28 @@ class Trainer:
                                  f"frames of {cfg.data} give {C}x{h}x{w}")
         torch.manual_seed(cfg.seed)
         self.net = DiT(self.model_cfg).to(self.device)
-        self.ema = DiT(self.model_cfg).to(self.device).requires_grad_(False)
-        self.ema.load_state_dict(self.net.state_dict())
+        self.ema = EMA(self.net, cfg.ema)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
                                      weight_decay=cfg.weight_decay)
         self.step = 0
         self.history: list[dict] = []
-        if cfg.resume and (self.out / "state.safetensors").exists():
-            extra = load_train_state(self.out / "state.safetensors", {"net": self.net, "ema": self.ema},
-                                     {"opt": self.opt})
+        extra = self.folder.load_state(self._modules(), {"opt": self.opt})
+        if extra is not None:
             self.step, self.history = int(extra["step"]), list(extra.get("history", []))
-        elif not cfg.resume and (self.out / "state.safetensors").exists():
-            raise InputError(f"{self.out} already holds a run; resume=true continues it, or choose another out=")
         elif init is not None:  # a fresh fine-tune: network and EMA start from the checkpoint's (EMA) weights
             weights = init.group("model.")
             self.net.load_state_dict(weights)
-            self.ema.load_state_dict(weights)
+            self.ema.net.load_state_dict(weights)
         train_net = self.net
         if self.distributed:
             train_net = DistributedDataParallel(self.net, device_ids=[self.device.index] if self.device.index
                                                 is not None else None)
         self.denoiser = Denoiser(train_net, self.schedule)
-        self.ema_denoiser = Denoiser(self.ema, self.schedule)
+        self.ema_denoiser = Denoiser(self.ema.net, self.schedule)
         self.report = TrainReport(self.out, self.recording, self.codec, self.val_set) if self.rank == 0 else None
+
+    def _modules(self) -> dict:
+        return {"net": self.net, "ema": self.ema.net}
 
     # -- one step ---------------------------------------------------------------------------------------------------
     def _batch(self, dataset: ClipDataset, rng: np.random.Generator):
@@ -189,25 +174,20 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg = self.cfg
-        rng, g = _step_generators(cfg, self.rank, self.step, self.device)
+        rng, g = step_generators(cfg.seed, self.rank, "teacher", self.step, device=self.device)
         x0, actions = self._batch(self.train_set, rng)
+        lr = warmup_lr(cfg.lr, cfg.warmup, self.step)
         for group in self.opt.param_groups:
-            group["lr"] = _lr(cfg, self.step)
+            group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss, stats = flow_matching_loss(self.denoiser, x0, actions, self.schedule, cfg.attention,
                                              cfg.change_weight, generator=g)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
-        self.opt.step()
-        decay = min(cfg.ema, (1 + self.step) / (10 + self.step))  # warm-up: short runs still get a useful EMA
-        with torch.no_grad():
-            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                pe.lerp_(p, 1.0 - decay)
+        grad_norm = optimizer_step(loss, self.net, self.opt, cfg.grad_clip)  # DDP averaged the gradients
+        self.ema.update(self.step)
         self.step += 1
         if not math.isfinite(loss.item()):
             raise RuntimeError(f"loss is {loss.item()} at step {self.step}: lower lr= or disable bf16")
-        return {"step": self.step, "loss": loss.item(), "grad_norm": float(grad_norm), "lr": _lr(cfg, self.step - 1)}
+        return {"step": self.step, "loss": loss.item(), "grad_norm": grad_norm, "lr": lr}
 
     @torch.no_grad()
     def validate(self, batches: int = 4) -> float:
@@ -216,15 +196,12 @@ class Trainer:
             return float("nan")
         losses = []
         for i in range(batches):
-            rng, g = _step_generators(self.cfg, 10_000 + i, 0, self.device)
+            rng, g = step_generators(self.cfg.seed, 0, "validation", 0, i, self.device)
             x0, actions = self._batch(self.val_set, rng)
             loss, _ = flow_matching_loss(self.ema_denoiser, x0, actions, self.schedule, self.cfg.attention,
                                          self.cfg.change_weight, generator=g)
             losses.append(loss.item())
         return float(np.mean(losses))
-
-    def check_ranks_agree(self) -> None:
-        check_ranks_agree(self.net, self.procs, "weights")
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
     def metadata(self) -> dict:
@@ -241,12 +218,8 @@ class Trainer:
     def save(self) -> None:
         if self.rank != 0:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_train_state(self.out / "state.safetensors", {"net": self.net, "ema": self.ema}, {"opt": self.opt},
-                         {"step": self.step, "history": self.history})
-        tensors = {f"model.{k}": v for k, v in self.ema.state_dict().items()}
-        tensors.update({f"codec.{k}": v for k, v in self.codec.state_dict().items()})
-        save_checkpoint(self.out / "teacher.safetensors", tensors, self.metadata())
+        self.folder.save_state(self._modules(), {"opt": self.opt}, {"step": self.step, "history": self.history})
+        self.folder.ship("teacher.safetensors", self.metadata(), model=self.ema.net, codec=self.codec)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -255,23 +228,19 @@ def train(cfg: TrainConfig) -> Path:
         raise InputError("say how long to train: steps=N or minutes=M")
     trainer = Trainer(cfg)
     cfg = trainer.cfg  # with init=, the network's settings come from the checkpoint
-    cfg_path = trainer.out / "config.json"
     if trainer.rank == 0:
-        trainer.out.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(json.dumps(asdict(cfg), indent=2))
+        trainer.folder.write_config(cfg)
         print(f"teacher {cfg.model}: {count_params(trainer.net) / 1e6:.2f}M parameters, "
               f"{trainer.model_cfg.tokens_per_frame} tokens a frame, {len(trainer.train_set)} training clips, "
               f"step {trainer.step}, {trainer.world} process(es) on {trainer.device}")
     from tqdm import tqdm
 
-    start, last_ckpt = time.monotonic(), time.monotonic()
-    total = cfg.steps or None
-    bar = tqdm(total=total, initial=trainer.step, disable=not (cfg.progress and trainer.rank == 0),
+    deadline, checkpoints = Deadline(cfg.minutes), Cadence(cfg.checkpoint_minutes)
+    bar = tqdm(total=cfg.steps or None, initial=trainer.step, disable=not (cfg.progress and trainer.rank == 0),
                unit="step", dynamic_ncols=True)
     frames_per_step = cfg.batch * cfg.clip_len * trainer.world
     try:
-        while (not cfg.steps or trainer.step < cfg.steps) and (
-                not cfg.minutes or time.monotonic() - start < cfg.minutes * 60):
+        while (not cfg.steps or trainer.step < cfg.steps) and not deadline.passed():
             t0 = time.monotonic()
             stats = trainer.train_step()
             stats["frames_per_s"] = frames_per_step / max(time.monotonic() - t0, 1e-9)
@@ -283,15 +252,11 @@ def train(cfg: TrainConfig) -> Path:
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", fps=f"{stats['frames_per_s']:.0f}")
                 if trainer.step % cfg.sample_every == 0:
                     trainer.report.write(trainer.ema_denoiser, trainer.history, trainer.step, cfg.sample_steps)
-            if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                trainer.save()
-                last_ckpt = time.monotonic()
+            checkpoints.run(trainer.save)
     finally:
         bar.close()
         trainer.save()  # also on Ctrl-C: nothing done is lost
         if trainer.rank == 0:
             trainer.report.write(trainer.ema_denoiser, trainer.history, trainer.step, cfg.sample_steps)
-        if trainer.distributed:
-            trainer.check_ranks_agree()
-            dist.destroy_process_group()
+        end_processes(trainer.procs, trainer.net, "weights")
     return trainer.out / "teacher.safetensors"

@@ -1,0 +1,302 @@
+"""The evaluation of one world model (``rollingworld eval``): fidelity, drift, control and speed, resumable.
+
+The sections (``EvalConfig``) run in order; each is written to ``out/parts/<section>.json`` when it finishes,
+so a stopped evaluation loses at most the section it was in, and the same command resumes after the finished ones.
+The report (``report.md``, ``report.json``, PNG plots) is rewritten after every section. The measures live in
+``worldmodel.eval`` (fidelity, drift, Q); the real games they are compared with are played here (``games.scripted``,
+``games.probes``), since the world model imports no game.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from games.data.errors import InputError
+
+SECTIONS = ("fidelity", "drift", "control", "speed")
+SCRIPTED_GAMES = ("pong", "maze")  # games with a scripted agent and a control probe
+
+
+@dataclass
+class FidelitySettings:
+    starts: int = 32  # held-out starts for PSNR / SSIM by horizon
+    horizon: int = 64  # frames after each start
+    teacher_forced: int = 256  # held-out starts for teacher-forced next-frame PSNR
+    batch: int = 8  # sessions generated in lockstep
+
+
+@dataclass
+class DriftSettings:
+    minutes: float = 10.0  # length of the scripted session (the paper's dDrift: first vs last 5 s)
+    agent: str = "heuristic"  # the scripted agent whose actions drive it (heuristic | random)
+    block_seconds: float = 5.0  # Q is scored on blocks of this length
+    blocks: int = 11  # blocks spread over the session, the first and the last included
+    reference_frames: int = 6000  # real frames of the recording Q is fitted on
+    reference: str = "codec"  # codec: Q's real frames pass through the model's codec (Q sees what it adds) | real
+    compile: bool = True  # compile the rolling tick as play does (a faster session; frames equal up to rounding)
+
+
+@dataclass
+class ControlSettings:
+    trials: int = 100  # probe trials on the model, the real game and shuffled real frames (chance)
+
+
+@dataclass
+class SpeedSettings:
+    frames: int = 2000  # bench ticks (rollingworld bench)
+    compile: bool = True  # as play does
+
+
+@dataclass
+class EvalSettings:
+    """What is measured and how the model generates: what a pipeline budget's ``eval`` section may set."""
+    mode: str = "auto"  # auto (a student as distilled, a teacher many-step) | rolling | framewise | teacher
+    window: Optional[int] = None  # frames in the rolling window; None = the checkpoint's (as distilled), else 4
+    sink: Optional[int] = None  # attention-sink frames; None = the checkpoint's, else 1; 0 = no sink (the ablation)
+    recent: Optional[int] = None  # recent frames in the KV cache; None = the checkpoint's, else 4
+    teacher_steps: int = 16  # steps a frame in teacher mode
+    sections: List[str] = field(default_factory=lambda: list(SECTIONS))
+    start_frames: int = 4  # real frames a generation starts from
+    fidelity: FidelitySettings = field(default_factory=FidelitySettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+
+
+@dataclass
+class EvalConfig(EvalSettings):
+    ckpt: str = "???"  # the world model (a student from rollingworld distill, or a teacher)
+    data: str = "???"  # its recording: held-out episodes for fidelity, real frames for Q
+    out: str = "???"  # report folder
+    threads: int = 1  # torch threads
+    seed: int = 0
+    fresh: bool = False  # redo every section, even finished ones
+    progress: bool = True
+
+
+def check_settings(cfg, prefix: str = "") -> None:
+    """An InputError for settings that their types admit but the evaluation does not (``prefix``: where they
+    were given, e.g. ``budget.eval.``)."""
+    from worldmodel.eval.model import EVAL_MODES  # torch: imported once OpenMP's wait policy is set
+
+    sections = list(cfg.sections)
+    if not sections or any(s not in SECTIONS for s in sections):
+        raise InputError(f"{prefix}sections must be a list from {', '.join(SECTIONS)}; got {sections}")
+    if cfg.mode not in EVAL_MODES:
+        raise InputError(f"{prefix}mode: unknown mode {cfg.mode!r}; choose from {', '.join(EVAL_MODES)} "
+                         "(no attention sink: sink=0)")
+    if cfg.drift.reference not in ("codec", "real"):
+        raise InputError(f"{prefix}drift.reference must be codec or real, got {cfg.drift.reference!r}")
+
+
+def _save_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _bar(total: int, desc: str, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not show, dynamic_ncols=True, mininterval=1.0)
+
+
+def _fidelity(em, rec, cfg, out: Path, show: bool) -> dict:
+    from worldmodel.eval.fidelity import fidelity
+    from worldmodel.eval.report import write_strip
+    from worldmodel.train.data import held_out_episodes
+
+    f = cfg.fidelity
+    episodes = held_out_episodes(rec, em.model.metadata)
+    with _bar(f.starts + f.teacher_forced, "fidelity", show) as bar:
+        result = fidelity(em, episodes, f.starts, f.horizon, f.teacher_forced, cfg.start_frames,
+                          cfg.seed, f.batch, progress=bar.update)
+    samples = result.pop("samples")
+    write_strip(out / "fidelity-samples.png", samples["real"], samples["generated"])
+    result["episodes"] = [ep.index for ep in episodes]
+    return result
+
+
+def _reference_clips(rec, n_frames: int, clip: int = 300) -> list[np.ndarray]:
+    """Real clips of consecutive frames from every episode in turn, ``n_frames`` in all (Q's reference)."""
+    clips, total, offset = [], 0, 0
+    episodes = [ep for ep in rec if ep.length >= 3]
+    while total < n_frames and episodes:
+        for ep in episodes:
+            s = offset % max(1, ep.length - 3)
+            c = ep.frames(s, min(ep.length, s + clip))
+            if len(c) >= 3:
+                clips.append(c)
+                total += len(c)
+            if total >= n_frames:
+                break
+        offset += clip
+    return clips
+
+
+def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
+    """The scripted session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
+    changing only how Q is scored does not regenerate ten minutes of frames."""
+    from games.scripted import scripted_play
+    from worldmodel.eval.drift import DriftPlan, drift_session
+
+    d = cfg.drift
+    fps = em.info.fps
+    session_settings = {"ckpt": str(Path(em.path).resolve()), "mode": em.mode, "sink": em.cfg.sink,
+                        "minutes": d.minutes, "agent": d.agent, "block_seconds": d.block_seconds, "blocks": d.blocks,
+                        "start_frames": cfg.start_frames, "seed": cfg.seed}
+    path, stamp = out / "parts" / "drift-frames.npz", out / "parts" / "drift-frames.json"
+    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == session_settings:
+        with np.load(path, allow_pickle=False) as z:
+            saved = {k: z[k] for k in z.files}
+        return {"frames": int(saved["frames"]), "fps": int(saved["fps"]), "block_frames": int(saved["block_frames"]),
+                "block_seconds": saved["block_seconds"].tolist(), "model": saved["model"], "real": saved["real"]}
+    plan = DriftPlan.of(d.minutes, fps, d.block_seconds, d.blocks, cfg.start_frames)
+    # the real game is played here, where games may be imported; the model only sees its frames and actions
+    actions, real = scripted_play(game, d.agent, plan.real_frames, cfg.seed, em.frame_size, plan.kept())
+    with _bar(plan.frames, f"drift session ({d.minutes} min)", show) as bar:
+        session = drift_session(em, plan, actions, real, cfg.seed, d.compile, progress=bar.update)
+    tmp = path.with_name("drift-frames.tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in session.items()})
+    os.replace(tmp, path)
+    _save_json(stamp, session_settings)
+    return session
+
+
+def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+    from worldmodel.eval.drift import drift_scores, through_codec
+    from worldmodel.eval.report import write_frames
+    from worldmodel.eval.quality import FrameQuality
+
+    d = cfg.drift
+    if game not in SCRIPTED_GAMES:
+        return {"skipped": f"no scripted agent plays {game!r} (drift needs one of {', '.join(SCRIPTED_GAMES)})"}
+    session = _drift_frames(em, cfg, game, out, show)
+    clips = _reference_clips(rec, d.reference_frames)
+    if d.reference == "codec":
+        clips = [through_codec(em.model.codec, c) for c in clips]
+    quality = FrameQuality(clips)
+    result = drift_scores(quality, session, em.model.codec)
+    write_frames(out / "drift-frames.png", {"real_first": session["real"][0][-1], "real_last": session["real"][-1][-1],
+                                            "model_first": session["model"][0][-1],
+                                            "model_last": session["model"][-1][-1]})
+    return {"minutes": d.minutes, "agent": d.agent, "reference": d.reference,
+            "quality": f"{quality.name} against real frames{' through the codec' if d.reference == 'codec' else ''}",
+            **{k: session[k] for k in ("frames", "fps", "block_frames", "block_seconds")}, **result}
+
+
+def _control(em, rec, cfg, game: str, show: bool) -> dict:
+    from games.registry import make_game
+    from runtime.commands.play import WorldSource
+    from games.probes import ShuffledFrames, control_accuracy, probe_for
+
+    if game not in SCRIPTED_GAMES:
+        return {"skipped": f"no control probe reads {game!r} (probes exist for {', '.join(SCRIPTED_GAMES)})"}
+    h, w = em.frame_size
+    probe, n, seed = probe_for(game, w, h), cfg.control.trials, cfg.seed
+    session = em.session()
+    real_frames = np.concatenate([ep.frames(0, min(ep.length, 500)) for ep in rec])
+    out = {}
+    with _bar(3, "control", show) as bar:
+        for name, source in (("model", WorldSource(session)), ("real_game", make_game(game, width=w, height=h)),
+                             ("chance", ShuffledFrames(real_frames, em.info.action_space, seed))):
+            out[name] = control_accuracy(source, probe, n, seed)
+            bar.update(1)
+    out["latency_ticks"] = session.latency_ticks
+    return out
+
+
+def _speed(em, cfg) -> dict:
+    """``rollingworld bench``'s figures for this model as evaluated (its engine settings, ``speed.compile``)."""
+    from dataclasses import replace
+
+    from runtime.commands.world import measure_speed
+    from runtime.worlds import start_frames
+    from worldmodel.engine.session import WorldSession
+
+    session = WorldSession.from_checkpoint(em.path, replace(em.cfg, compile=cfg.speed.compile))
+    return measure_speed(session, start_frames(session, "game", 0), cfg.speed.frames, 0, cfg.progress,
+                         str(Path(em.path).resolve()))
+
+
+def _section_settings(cfg, section: str) -> dict:
+    """What a section's result depends on besides the checkpoint, mode and seed (a kept part must match)."""
+    from omegaconf import OmegaConf
+
+    own = OmegaConf.to_container(cfg[section]) if section in cfg else {}
+    shared = {"start_frames": cfg.start_frames, "teacher_steps": cfg.teacher_steps,
+              "data": str(Path(cfg.data).resolve())}
+    if section == "speed":
+        shared["threads"] = cfg.threads
+    return {**own, **shared}
+
+
+def evaluate(cfg) -> Path:
+    """Run the sections of ``cfg`` (an ``EvalConfig``) that are not finished in ``cfg.out``; returns the report."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from games.data.recording import Recording
+    from worldmodel.checkpoint import check_recording_fits
+    from worldmodel.eval.report import write_report
+    from worldmodel.eval.model import EvalModel
+
+    check_settings(cfg)
+    sections = list(cfg.sections)
+    if not Path(cfg.ckpt).is_file():
+        raise InputError(f"no checkpoint at {cfg.ckpt}")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rec = Recording(cfg.data)
+    em = EvalModel.load(cfg.ckpt, cfg.mode, cfg.teacher_steps, window=cfg.window, sink=cfg.sink, recent=cfg.recent)
+    check_recording_fits(em.info, rec, cfg.data)
+    game = em.info.game or rec.game
+    out = Path(cfg.out)
+    (out / "parts").mkdir(parents=True, exist_ok=True)
+    header = {"ckpt": str(Path(cfg.ckpt).resolve()), "data": str(Path(cfg.data).resolve()), "game": game,
+              "mode": em.mode, "sink": em.cfg.sink, "model": em.describe(), "threads": torch.get_num_threads(),
+              "seed": cfg.seed}
+    parts_dir = out / "parts"
+    stamp = parts_dir / "header.json"
+    if stamp.exists() and not cfg.fresh:
+        old = json.loads(stamp.read_text())
+        changed = [k for k in ("ckpt", "mode", "sink", "seed") if old.get(k) != header[k]]
+        if changed:
+            raise InputError(f"{out} holds an evaluation with other {', '.join(changed)}: choose another out= "
+                             "or fresh=true")
+    _save_json(stamp, header)
+    show = cfg.progress
+    report = {"header": header}
+    for section in SECTIONS:
+        part = parts_dir / f"{section}.json"
+        settings = _section_settings(cfg, section)
+        if part.exists() and not cfg.fresh:
+            kept = json.loads(part.read_text())
+            if kept.get("settings") == settings:
+                report[section] = kept
+                if section in sections:
+                    print(f"{section}: finished earlier (kept; fresh=true redoes it)")
+                continue  # a section not asked for still shows in the report when it was made with these settings
+            if section in sections:
+                print(f"{section}: finished earlier with other settings; running it again")
+        if section not in sections:
+            continue
+        if section == "fidelity":
+            result = _fidelity(em, rec, cfg, out, show)
+        elif section == "drift":
+            result = _drift(em, rec, cfg, game, out, show)
+        elif section == "control":
+            result = _control(em, rec, cfg, game, show)
+        else:
+            result = _speed(em, cfg)
+        result["settings"] = settings
+        _save_json(part, result)
+        report[section] = result
+        write_report(out, report)
+    write_report(out, report)
+    return out / "report.md"

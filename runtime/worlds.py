@@ -1,0 +1,90 @@
+"""Opening a world model for a command: torch's threads, the engine settings, the session and its start frames.
+
+``play``, ``kiosk``, ``dream``, ``bench``, ``replay`` and ``eval`` all open a checkpoint the same way: torch on a
+set number of threads (OpenMP told not to spin), the engine settings the checkpoint was distilled with unless the
+command line overrides them (``EngineConfig.for_model``), and a session that starts from the frames stored in the
+checkpoint (a bundled model's) or from the real game's start screen.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from games.data.errors import InputError
+
+
+def torch_threads(threads: int):
+    """torch, with ``threads`` threads (0: torch's default). Imported here so that the wait policy is set first."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # measured: spinning OpenMP threads collapse on a busy core
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    return torch
+
+
+def engine_config(cfg, ckpt=None):
+    """The engine settings of the command config ``cfg`` (a ``runtime.config.EngineChoice``) for the checkpoint
+    ``ckpt`` (default ``cfg.ckpt``): ``mode``, ``window``, ``sink`` and ``recent`` left None are those it was
+    distilled with."""
+    from worldmodel.checkpoint import read_model_info
+    from worldmodel.engine.config import EngineConfig
+
+    ckpt = cfg.get("ckpt") if ckpt is None else ckpt
+    info = read_model_info(ckpt) if ckpt else None  # the header only: the weights are loaded once, later
+    return EngineConfig.for_model(info, mode=cfg.mode, window=cfg.window, sink=cfg.sink, recent=cfg.recent,
+                                  teacher_steps=cfg.teacher_steps, fuse_reencode=cfg.fuse_reencode,
+                                  compile=cfg.compile)
+
+
+def load_session(ckpt, engine_cfg, threads: int):
+    """The ``WorldSession`` of ``ckpt`` with torch on ``threads`` threads (0: torch's default)."""
+    torch_threads(threads)
+    from worldmodel.engine.session import WorldSession
+
+    return WorldSession.from_checkpoint(ckpt, engine_cfg)
+
+
+def checkpoint_game(session):
+    """The real game the session's checkpoint was trained on, at the model's frame size (or an InputError)."""
+    from games.registry import make_game
+
+    name = session.info.game
+    h, w = session.frame_size
+    try:
+        return make_game(str(name), width=w, height=h)
+    except InputError as e:
+        raise InputError(f"cannot build the checkpoint's game {name!r}: {e}") from None
+
+
+def stored_start(session, seed: int) -> np.ndarray | None:
+    """Start ``seed % K`` of the K start sequences stored in the session's checkpoint (uint8 [S, H, W, 3]: a
+    bundled model's), or None when it holds none."""
+    frames = session.start_frames
+    return None if frames is None else frames[int(seed) % len(frames)]
+
+
+def start_frames(session, start: str, seed: int) -> np.ndarray:
+    """The frames a session starts from: ``start="game"``: the stored ones, else the real game's start screen;
+    otherwise ``start`` names an image file."""
+    if start == "game":
+        stored = stored_start(session, seed)
+        if stored is not None:
+            return stored
+        from games.registry import make_game
+
+        game_name = session.info.game
+        h, w = session.frame_size
+        try:
+            game = make_game(game_name, width=w, height=h)
+        except InputError:
+            raise InputError(f"the checkpoint's game {game_name!r} is not one of ours and it holds no start frames "
+                             "(rollingworld bundle stores them): give start=IMAGE") from None
+        return game.reset(seed)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return np.asarray(Image.open(start).convert("RGB"))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+        raise InputError(f"cannot read start image {start}: {e}") from None
