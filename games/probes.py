@@ -4,7 +4,7 @@ are measured by the same protocol.
 A probe knows one game: it draws trials (a lead-in of actions that brings the world to a varied state, then one
 probed action with the direction it should move something) and reads the effect from the frame before and the frame
 after. ``control_accuracy`` drives any frame source (``reset(seed) -> frame``, ``step(action) -> frame``, optional
-``latency_ticks``: a game, ``runtime.commands.play.WorldSource`` over a world model, or ``ShuffledFrames`` as the
+``latency_ticks``: a game, ``runtime.worlds.WorldSource`` over a world model, or ``ShuffledFrames`` as the
 chance baseline) through the trials:
 
 1. ``reset(seed + i)``, then the trial's lead-in actions;

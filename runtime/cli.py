@@ -66,12 +66,15 @@ def _help() -> str:
 def _normalise_overrides(overrides: list[str]) -> list[str]:
     """``game=gym:<env id>`` is shorthand for ``game=gym game.env_id=<env id>``. ``model.size=X`` and
     ``model.<key>=V`` are the older spelling of ``model=X`` and ``<key>=V`` (the denoiser's settings are flat, as in
-    ``TrainConfig``: ``model=tiny patch=4``)."""
+    ``TrainConfig``: ``model=tiny patch=4``). ``runtime.bindings`` names a game's own action keys, which no schema
+    lists, so it is set whole (``runtime.bindings={UP:[k]}``, ``runtime.bindings.UP=[k]``) rather than merged."""
     out = []
     for ov in overrides:
         key, sep, value = ov.partition("=")
         if sep and key == "game" and value.startswith("gym:"):
             out += ["game=gym", f"game.env_id={value[4:]}"]
+        elif sep and (key == "runtime.bindings" or key.startswith("runtime.bindings.")):
+            out.append(f"++{ov}")
         elif sep and key.startswith("model."):
             out.append(f"{'model' if key == 'model.size' else key[len('model.'):]}={value}")
         else:

@@ -5,12 +5,15 @@ A command's dataclass holds each of its settings once, with its type, its defaul
 config groups it takes (``game``, ``budget``, ``runtime``) and presets. Hydra checks every value against the
 field's type as it composes, so ``steps=abc`` is a one-line error before the command starts, and the command gets
 a typed config (``cfg.frames`` is an int). Commands not listed here are composed from their YAML alone.
+
+A config group shared by several commands can be a dataclass too: ``RuntimeSettings`` is the group ``runtime``'s
+option ``default`` (stored here, no YAML), so ``runtime.scale=4`` is checked like any other setting.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 from worldmodel.engine.config import EngineConfig
 
@@ -31,18 +34,48 @@ SCHEMAS: dict[str, str] = {
     "kiosk": "runtime.commands.kiosk:KioskSettings",
     "eval": "runtime.evaluation:EvalConfig",
     "play": "runtime.commands.play:PlayConfig",
+    "game": "runtime.commands.game:GameCommandConfig",
+    "replay": "runtime.commands.replay:ReplayConfig",
 }
 
 
 def register(command: str) -> None:
-    """Store ``command``'s dataclass, if it has one, as the config ``schema/<command>`` (at the config's root)."""
-    if command not in SCHEMAS:
-        return
+    """Store the group option ``runtime/default`` and ``command``'s dataclass, if it has one, as the config
+    ``schema/<command>`` (at the config's root)."""
     from hydra.core.config_store import ConfigStore
 
+    store = ConfigStore.instance()
+    store.store(group="runtime", name="default", node=RuntimeSettings)
+    if command not in SCHEMAS:
+        return
     module, name = SCHEMAS[command].split(":")
     node = getattr(importlib.import_module(module), name)
-    ConfigStore.instance().store(group="schema", name=command, node=node, package="_global_")
+    store.store(group="schema", name=command, node=node, package="_global_")
+
+
+@dataclass
+class RuntimeSettings:
+    """The window and its fixed tick, for the commands that show frames (``game``, ``play``, ``kiosk``,
+    ``replay``): the config group ``runtime`` (``runtime.scale=4``)."""
+    fps: Optional[float] = None  # ticks per second; None = the frame source's own rate
+    scale: int = 8  # window size = frame size x scale (integer scaling keeps pixels square)
+    filter: str = "nearest"  # nearest | linear texture filtering when scaling up
+    fullscreen: bool = False  # start fullscreen (the fullscreen control toggles it)
+    vsync: bool = False  # show each frame at the display's refresh (no tearing, up to a refresh of latency)
+    # action key -> a pygame key name or a list of them, e.g. {UP: [up, k]}; unset keys keep the game's defaults
+    bindings: Optional[Dict[str, Any]] = field(default_factory=dict)
+    hud: bool = True  # show the HUD over the picture: fps, tick time, key-to-frame latency, held keys, overruns
+    screenshots: str = "screenshots"  # folder for screenshots (the clean frame at the window's scale, PNG)
+    # play control -> pygame key names (runtime.input.CONTROLS); a key the game binds cannot be a control
+    controls: Optional[Dict[str, Any]] = field(default_factory=lambda: {
+        "quit": ["escape"],
+        "pause": ["p", "pause"],
+        "reset": ["r"],  # restart with a new seed; Shift+R: from a new start
+        "hud": ["f1", "h"],
+        "help": ["f2", "?"],
+        "screenshot": ["f12"],
+        "fullscreen": ["f11"],
+    })
 
 
 @dataclass

@@ -146,12 +146,12 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
     from worldmodel.eval.drift import DriftPlan, drift_session
 
     d = cfg.drift
-    fps = em.info.fps
-    session_settings = {"ckpt": str(Path(em.path).resolve()), "mode": em.mode, "sink": em.cfg.sink,
+    fps = int(em.info.fps)
+    session_settings = {"ckpt": str(Path(em.path).resolve()), **_generation(em),
                         "minutes": d.minutes, "agent": d.agent, "block_seconds": d.block_seconds, "blocks": d.blocks,
                         "start_frames": cfg.start_frames, "seed": cfg.seed}
     path, stamp = out / "parts" / "drift-frames.npz", out / "parts" / "drift-frames.json"
-    if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == session_settings:
+    if path.exists() and stamp.exists() and _as_now(json.loads(stamp.read_text()), em) == session_settings:
         with np.load(path, allow_pickle=False) as z:
             saved = {k: z[k] for k in z.files}
         return {"frames": int(saved["frames"]), "fps": int(saved["fps"]), "block_frames": int(saved["block_frames"]),
@@ -192,7 +192,7 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
 
 def _control(em, rec, cfg, game: str, show: bool) -> dict:
     from games.registry import make_game
-    from runtime.commands.play import WorldSource
+    from runtime.worlds import WorldSource
     from games.probes import ShuffledFrames, control_accuracy, probe_for
 
     if game not in SCRIPTED_GAMES:
@@ -215,13 +215,30 @@ def _speed(em, cfg) -> dict:
     """``rollingworld bench``'s figures for this model as evaluated (its engine settings, ``speed.compile``)."""
     from dataclasses import replace
 
-    from runtime.commands.world import measure_speed
+    from runtime.bench import measure_speed
     from runtime.worlds import start_frames
     from worldmodel.engine.session import WorldSession
 
     session = WorldSession.from_checkpoint(em.path, replace(em.cfg, compile=cfg.speed.compile))
     return measure_speed(session, start_frames(session, "game", 0), cfg.speed.frames, 0, cfg.progress,
                          str(Path(em.path).resolve()))
+
+
+def _generation(em) -> dict:
+    """How the model generated: what every saved part of an evaluation depends on besides the checkpoint."""
+    c = em.cfg
+    return {"mode": c.mode, "window": c.window, "sink": c.sink, "recent": c.recent}
+
+
+def _as_now(saved: dict, em) -> dict:
+    """A header or stamp saved by an earlier rollingworld, in today's terms: the mode ``rolling_nosink`` is ``rolling``
+    with ``sink`` 0, and a layout it did not record was the checkpoint's own (none could be given)."""
+    saved = dict(saved)
+    if saved.get("mode") == "rolling_nosink":
+        saved.update(mode="rolling", sink=0)
+    for key, value in _generation(em).items():
+        saved.setdefault(key, value)
+    return saved
 
 
 def _section_settings(cfg, section: str) -> dict:
@@ -254,18 +271,17 @@ def evaluate(cfg) -> Path:
         torch.set_num_threads(cfg.threads)
     rec = Recording(cfg.data)
     em = EvalModel.load(cfg.ckpt, cfg.mode, cfg.teacher_steps, window=cfg.window, sink=cfg.sink, recent=cfg.recent)
-    check_recording_fits(em.info, rec, cfg.data)
+    check_recording_fits(em.info, rec, cfg.data, same_game=False)  # a renamed import of the game is fine here
     game = em.info.game or rec.game
     out = Path(cfg.out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
     header = {"ckpt": str(Path(cfg.ckpt).resolve()), "data": str(Path(cfg.data).resolve()), "game": game,
-              "mode": em.mode, "sink": em.cfg.sink, "model": em.describe(), "threads": torch.get_num_threads(),
-              "seed": cfg.seed}
+              **_generation(em), "model": em.describe(), "threads": torch.get_num_threads(), "seed": cfg.seed}
     parts_dir = out / "parts"
     stamp = parts_dir / "header.json"
     if stamp.exists() and not cfg.fresh:
-        old = json.loads(stamp.read_text())
-        changed = [k for k in ("ckpt", "mode", "sink", "seed") if old.get(k) != header[k]]
+        old = _as_now(json.loads(stamp.read_text()), em)
+        changed = [k for k in ("ckpt", *_generation(em), "seed") if old.get(k) != header[k]]
         if changed:
             raise InputError(f"{out} holds an evaluation with other {', '.join(changed)}: choose another out= "
                              "or fresh=true")

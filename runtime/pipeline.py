@@ -167,7 +167,7 @@ def _short_of(path: Path, done: int, want: int, what: str) -> str | None:
 
 
 def codec_stage(cfg, skip: str = "") -> Stage:
-    """Train the conv autoencoder (``cfg``: a ``train_codec.CodecTrainConfig``)."""
+    """Train the conv autoencoder (``cfg``: a ``worldmodel.train.codec.CodecTrainConfig``)."""
     def run(resume: bool) -> str | None:
         from worldmodel.train.codec import train_codec
 
@@ -179,7 +179,7 @@ def codec_stage(cfg, skip: str = "") -> Stage:
 
 
 def teacher_stage(cfg) -> Stage:
-    """Train (or, with ``cfg.init``, fine-tune) the teacher (``cfg``: a ``train.TrainConfig``)."""
+    """Train (or, with ``cfg.init``, fine-tune) the teacher (``cfg``: a ``worldmodel.train.teacher.TrainConfig``)."""
     def run(resume: bool) -> str | None:
         from worldmodel.train.teacher import train
 
@@ -190,7 +190,7 @@ def teacher_stage(cfg) -> Stage:
 
 
 def distill_stage(cfg) -> Stage:
-    """ODE init and Rolling Forcing DMD of the teacher (``cfg``: a ``distill.DistillConfig``)."""
+    """ODE init and Rolling Forcing DMD of the teacher (``cfg``: a ``worldmodel.distill.distiller.DistillConfig``)."""
     def run(resume: bool) -> str | None:
         from worldmodel.distill.distiller import distill
 

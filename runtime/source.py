@@ -2,7 +2,7 @@
 
 The player (``runtime.player``), the kiosk, the ``game`` and ``play`` commands, session recording and replay drive
 any frame source through these members and nothing else. The sources: a real game (``GameSource``, below), a world
-model (``runtime.commands.play.WorldSource``), both side by side (``runtime.compare.CompareSource``), and any of
+model (``runtime.worlds.WorldSource``), both side by side (``runtime.compare.CompareSource``), and any of
 these while it is recorded (``runtime.session_record.SessionRecorder``). Each declares the protocol as its base.
 """
 from __future__ import annotations

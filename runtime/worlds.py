@@ -1,4 +1,5 @@
-"""Opening a world model for a command: torch's threads, the engine settings, the session and its start frames.
+"""Opening a world model for a command: torch's threads, the engine settings, the session, its start frames, and
+the world model as the play loop's frame source (``WorldSource``).
 
 ``play``, ``kiosk``, ``dream``, ``bench``, ``replay`` and ``eval`` all open a checkpoint the same way: torch on a
 set number of threads (OpenMP told not to spin), the engine settings the checkpoint was distilled with unless the
@@ -8,10 +9,14 @@ checkpoint (a bundled model's) or from the real game's start screen.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 
 from games.data.errors import InputError
+from runtime.compare import CompareSource
+from runtime.source import FrameSource
 
 
 def torch_threads(threads: int):
@@ -88,3 +93,70 @@ def start_frames(session, start: str, seed: int) -> np.ndarray:
         return np.asarray(Image.open(start).convert("RGB"))
     except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
         raise InputError(f"cannot read start image {start}: {e}") from None
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the bundled models, beside the packages (not the cwd)
+
+
+def bundled_checkpoint(game: str) -> Path:
+    """``assets/<game>.safetensors``: the world model bundled for ``game``, or an InputError naming those there are."""
+    path = ASSETS / f"{game}.safetensors"
+    if not path.is_file():
+        have = sorted(p.stem for p in ASSETS.glob("*.safetensors"))
+        raise InputError(f"no world model is bundled for {game!r} (bundled: {', '.join(have) or 'none'}; "
+                         f"in {ASSETS}): give ckpt=FILE")
+    return path
+
+
+class WorldSource(FrameSource):
+    """A world model as a frame source for the play loop: ``reset(seed)`` starts from the start frames stored in
+    the checkpoint, else from its game's start screen."""
+
+    def __init__(self, session):
+        self.session = session
+        self.game_name = session.info.game or "world"
+        self.name = f"{self.game_name} (world model)"
+        self.height, self.width = session.frame_size
+        self.fps = int(session.info.fps)
+        self.action_space = session.action_space
+        self.default_bindings = {}
+        self.game = None  # a world model alone: no real game steps beside it
+        try:
+            self._start_game = checkpoint_game(session)  # makes the start screens when the checkpoint stores none
+            self.default_bindings = self._start_game.default_bindings
+        except InputError:
+            self._start_game = None
+        self.t = 0  # ticks since the last reset
+
+    @property
+    def latency_ticks(self) -> int:
+        return self.session.latency_ticks
+
+    def reset(self, seed: int, start_seed: int | None = None) -> np.ndarray:
+        """Start from start ``start_seed`` (default ``seed``), sampling noise from ``seed``: the checkpoint's stored
+        start sequence ``start_seed % K``, else the game's start screen of ``start_seed``."""
+        pick = seed if start_seed is None else start_seed
+        start = stored_start(self.session, pick)
+        if start is None:
+            if self._start_game is None:
+                raise InputError(f"the checkpoint's game {self.game_name!r} is not one of ours and it holds no start "
+                                 "frames (rollingworld bundle stores them): use rollingworld dream start=IMAGE")
+            start = self._start_game.reset(pick)
+        self.t = 0
+        cfg = self.session.cfg
+        if cfg.compile and cfg.rolling and not self.session.compiled:
+            print("compiling the world model's tick (about a minute the first time, seconds once cached; "
+                  "compile=false starts at once)", file=sys.stderr, flush=True)
+        return self.session.reset(start, seed=seed)
+
+    def step(self, action) -> np.ndarray:
+        self.t += 1
+        return self.session.step(action)
+
+
+def build_source(ckpt, engine_cfg, threads: int, compare: bool):
+    """The frame source ``play`` shows (and ``replay`` rebuilds): the world model, or real game | world model."""
+    session = load_session(ckpt, engine_cfg, threads)
+    if compare:
+        return CompareSource(checkpoint_game(session), session)
+    return WorldSource(session)

@@ -111,7 +111,7 @@ def test_the_bundled_model_plays_like_its_float32_source(made):
 
 
 def test_sessions_start_from_the_stored_frames_also_for_a_game_not_ours(made, tmp_path):
-    from runtime.commands.play import WorldSource
+    from runtime.worlds import WorldSource
     from runtime.worlds import start_frames
     from worldmodel.checkpoint import load_checkpoint, save_checkpoint
     from worldmodel.engine.config import EngineConfig
@@ -158,7 +158,7 @@ def test_bench_runs_the_bundled_model_with_its_settings(made, cli, tmp_path):
 
 
 def test_play_without_ckpt_plays_the_bundled_model_of_its_game(made, tmp_path, monkeypatch, capsys):
-    import runtime.commands.play as play
+    import runtime.worlds as play
 
     assets = tmp_path / "assets"
     assets.mkdir()

@@ -55,3 +55,12 @@ def test_installed_console_script_finds_its_configs_from_any_folder(tmp_path):
     r = subprocess.run(["rollingworld", "record", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "episodes:" in r.stdout
+
+
+def test_rebinding_a_games_keys_from_the_command_line_as_the_readme_shows():
+    """``runtime.bindings`` names the game's own action keys, which no schema lists: given whole or one key."""
+    from runtime.cli import compose
+
+    assert compose("play", ["runtime.bindings={UP:[k],DOWN:[j]}"]).runtime.bindings == {"UP": ["k"], "DOWN": ["j"]}
+    assert compose("game", ["runtime.bindings.UP=k"]).runtime.bindings == {"UP": "k"}
+    assert compose("play", []).runtime.bindings == {}

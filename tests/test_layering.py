@@ -80,6 +80,13 @@ def test_games_import_no_torch_no_worldmodel_and_no_runtime():
     assert not found, "\n".join(found)
 
 
+def test_the_runtime_library_imports_no_command():
+    """Commands sit on top: ``runtime/commands/*`` may use the runtime's modules, never the other way round."""
+    found = [line for line in violations("runtime", lambda m: not under(m, "runtime.commands"))
+             if not line.startswith("runtime.commands")]
+    assert not found, "\n".join(found)
+
+
 def test_importing_the_data_contract_loads_no_game():
     """Importing a module runs its packages' ``__init__`` too: ``import games.data.recording`` runs ``games``'s."""
     loaded, todo = set(), [m for m in MODULES if under(m, "games.data")]

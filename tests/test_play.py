@@ -4,16 +4,16 @@ import logging
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image
 
 from games.base import Game
 from games.data.actions import ActionSpace
+from runtime.config import RuntimeSettings
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper
 from runtime.player import PlaySession
 from runtime.source import FrameSource, GameSource
-from tests.conftest import ROOT, assert_one_line_error
+from tests.conftest import assert_one_line_error
 
 SIZE, SCALE = 32, 8  # a 32x32 frame in a 256x256 window
 
@@ -78,7 +78,7 @@ class FakeGame(Game):
 
 def controls() -> Controls:
     """The play controls of the shipped config."""
-    return Controls(OmegaConf.to_container(OmegaConf.load(ROOT / "configs/runtime/default.yaml").controls))
+    return Controls(RuntimeSettings().controls)
 
 
 def session(source, display, **kw) -> PlaySession:

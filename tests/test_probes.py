@@ -109,7 +109,7 @@ def test_maze_reads_turns_in_degrees_and_walking_as_vertical_stretch():
 
 def test_world_model_source_runs_the_same_protocol(tmp_path):
     """A world model (random weights) as the play loop's frame source: the protocol waits out its window."""
-    from runtime.commands.play import WorldSource
+    from runtime.worlds import WorldSource
     from tests.conftest import tiny_checkpoint
     from worldmodel.engine.config import EngineConfig
     from worldmodel.engine.session import WorldSession

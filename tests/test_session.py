@@ -87,7 +87,7 @@ def test_recorded_session_replays_to_identical_frames(recorded, ckpt, cli, tmp_p
 
 def test_restarts_are_recorded_and_replayed(ckpt, cli, tmp_path):
     """The player's reset control restarts the source mid-session (``PlaySession.reset``): the recording goes on."""
-    from runtime.commands.play import build_source
+    from runtime.worlds import build_source
     from runtime.session_record import SessionRecorder, session_header
     from worldmodel.engine.config import EngineConfig
 
@@ -183,7 +183,7 @@ def test_posted_keys_and_mouse_enter_the_newest_window_frame_and_the_screen_show
     import numpy as np
     import pygame
 
-    from runtime.commands.play import WorldSource
+    from runtime.worlds import WorldSource
     from runtime.worlds import load_session
     from runtime.display import Window
     from runtime.input import InputMapper, resolve_bindings

@@ -242,10 +242,10 @@ def read_model_info(path) -> ModelInfo:
     return ModelInfo.from_metadata(metadata)
 
 
-def check_recording_fits(info: ModelInfo, recording, data) -> None:
-    """An InputError unless ``recording`` (of the folder ``data``) shows the model's game at its frame size and
-    controls."""
-    if info.game is not None and recording.game != info.game:
+def check_recording_fits(info: ModelInfo, recording, data, same_game: bool = True) -> None:
+    """An InputError unless ``recording`` (of the folder ``data``) shows the model's game (by name, with
+    ``same_game``) at its frame size and controls."""
+    if same_game and info.game is not None and recording.game != info.game:
         raise InputError(f"{data} is a recording of {recording.game!r}, the checkpoint's game is {info.game!r}")
     want = info.frame_size
     if want is not None and (recording.height, recording.width) != want:

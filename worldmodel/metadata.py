@@ -41,7 +41,7 @@ class ModelInfo:
     action_space: ActionSpace
     game: str | None = None  # the game its data was recorded from ("pong", "gym:...", or an import's name)
     frame_size: tuple[int, int] | None = None  # (H, W) of its frames; None: older teachers that did not say
-    fps: int = 30  # frames per second of its data
+    fps: float = 30  # frames per second of its data (an imported video's rate may be fractional)
     engine: EngineSettings | None = None  # how it plays as distilled; None: a teacher (many-step sampling)
     split: DataSplit = field(default_factory=DataSplit)
     attention: str = "causal"  # the teacher's mask over a training clip: causal | bidirectional
@@ -65,7 +65,7 @@ class ModelInfo:
             kind=str(meta["kind"]), action_space=ActionSpace.from_dict(meta["action_space"]),
             game=provenance.get("game"),
             frame_size=(int(frame["height"]), int(frame["width"])) if "height" in frame else None,
-            fps=int(frame.get("fps", 30)),
+            fps=frame.get("fps", 30),
             engine=None if engine is None else EngineSettings.from_dict(engine),
             split=DataSplit(float(tcfg.get("val_fraction", DataSplit.val_fraction)),
                             int(tcfg.get("seed", DataSplit.seed))),

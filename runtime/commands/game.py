@@ -7,15 +7,33 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
 from games.agents import make_agent
 from games.registry import make_game
+from runtime.config import RuntimeSettings
 from runtime.display import OffscreenDisplay, Window
 from runtime.input import Controls, InputMapper, resolve_bindings
 from runtime.player import PlaySession, log as play_log
 from runtime.source import FrameSource, GameSource
+
+
+@dataclass
+class GameCommandConfig:
+    """The settings of ``rollingworld game``."""
+    game: Any = None  # configs/game/<name>.yaml (game=pong|maze|gym:<env id>); its own settings: +game.rooms=5
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)  # the window, its tick, the controls
+    seed: int = 0  # episode seed (maze layout, serve direction)
+    frames: Optional[int] = None  # stop after this many ticks (None = until the window is closed or Esc)
+    record: bool = False  # save the session as a recording (a new episode in out)
+    out: str = "recordings/${game.name}"  # the recording's folder
+    chunk_frames: int = 256  # frames per recording chunk
+    agent: Optional[str] = None  # random | heuristic: a scripted agent plays instead of the keyboard
+    headless: bool = False  # render offscreen with EGL instead of opening a window
+    video: Optional[str] = None  # also write the frames shown to this mp4 (4x nearest upscaling)
 
 
 def build_game(game_cfg):
@@ -33,9 +51,9 @@ def run(cfg) -> int:
 
 def play_source(source: FrameSource, cfg, agent=None) -> int:
     """Play any frame source (a game through ``GameSource``, a world model through ``WorldSource``) with the
-    settings of ``cfg``."""
+    settings of ``cfg`` (a ``GameCommandConfig``, or ``play``'s ``PlayConfig`` with ``record`` None)."""
     rt = cfg.runtime
-    size = (source.width * int(rt.scale), source.height * int(rt.scale))
+    size = (source.width * rt.scale, source.height * rt.scale)
     bindings = resolve_bindings(source.action_space, source.default_bindings,
                                 OmegaConf.to_container(rt.bindings) if rt.bindings else None)
     controls = Controls(OmegaConf.to_container(rt.controls) if rt.controls else {}, bindings)
@@ -48,14 +66,14 @@ def play_source(source: FrameSource, cfg, agent=None) -> int:
         display = OffscreenDisplay(size, filter=rt.filter)
     else:
         display = Window(size, title=f"rollingworld: {source.name}", filter=rt.filter,
-                         fullscreen=bool(rt.fullscreen), vsync=bool(rt.vsync))
+                         fullscreen=rt.fullscreen, vsync=rt.vsync)
     writer = episode = None
-    if cfg.get("record"):
+    if cfg.record:
         from games.data.writer import RecordingWriter
 
         writer = RecordingWriter(cfg.out, game=source.name, action_space=source.action_space, fps=source.fps,
-                                 height=source.height, width=source.width, chunk_frames=int(cfg.chunk_frames))
-        episode = writer.begin_episode(seed=int(cfg.seed), agent=cfg.agent or "human")
+                                 height=source.height, width=source.width, chunk_frames=cfg.chunk_frames)
+        episode = writer.begin_episode(seed=cfg.seed, agent=cfg.agent or "human")
     video = None
     if cfg.video:
         from games.data.video import VideoWriter
@@ -81,9 +99,9 @@ def play_source(source: FrameSource, cfg, agent=None) -> int:
     try:
         session = PlaySession(source, display, InputMapper(source.action_space, bindings), fps=rt.fps, agent=agent,
                               on_frame=on_frame, title=f"rollingworld: {source.name}", controls=controls,
-                              hud=bool(rt.hud), screenshots=rt.screenshots,
+                              hud=rt.hud, screenshots=rt.screenshots,
                               on_reset=on_reset)
-        result = session.run(seed=int(cfg.seed), frames=cfg.frames)
+        result = session.run(seed=cfg.seed, frames=cfg.frames)
         if video is not None:
             video.write(result.last_frame)
     finally:

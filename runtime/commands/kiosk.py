@@ -8,13 +8,13 @@ through ``play``'s ``WorldSource``, with the engine settings it was distilled wi
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
 from games.data.errors import InputError
-from runtime.config import EngineChoice
+from runtime.config import EngineChoice, RuntimeSettings
 from runtime.kiosk import KioskConfig, KioskLog, KioskSession, attract_agent, one_line
 from runtime.kiosk_supervisor import Kiosk
 
@@ -23,7 +23,7 @@ from runtime.kiosk_supervisor import Kiosk
 class KioskSettings(EngineChoice, KioskConfig):
     """The kiosk's habits (``KioskConfig``), how it runs a world model (``EngineChoice``, as ``play`` does) and
     what it shows."""
-    runtime: Any = None  # configs/runtime/default.yaml with the kiosk's presets (configs/kiosk.yaml)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)  # the window; the kiosk presets: kiosk.yaml
     game: Any = None  # configs/game/<name>.yaml (game=pong|maze|gym:<env id>); or ckpt=FILE instead
     ckpt: Optional[str] = None  # a world model checkpoint to show instead of a game (through play's WorldSource)
     seed: int = 0  # the first session's start; each reset takes the next one
@@ -45,7 +45,7 @@ def _source_builder(cfg):
         return lambda: GameSource(build_game(cfg.game))
     if not os.path.exists(cfg.ckpt):
         raise InputError(f"checkpoint not found: {cfg.ckpt}")
-    from runtime.commands.play import WorldSource
+    from runtime.worlds import WorldSource
     from runtime.worlds import engine_config, load_session
 
     return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg), cfg.threads))
@@ -55,11 +55,11 @@ def _display(cfg, source):
     from runtime.display import OffscreenDisplay, Window
 
     rt = cfg.runtime
-    size = (source.width * int(rt.scale), source.height * int(rt.scale))
+    size = (source.width * rt.scale, source.height * rt.scale)
     if cfg.headless:
         return OffscreenDisplay(size, filter=rt.filter)
-    return Window(size, title=f"rollingworld: {source.name}", filter=rt.filter, fullscreen=bool(rt.fullscreen),
-                  vsync=bool(rt.vsync))
+    return Window(size, title=f"rollingworld: {source.name}", filter=rt.filter, fullscreen=rt.fullscreen,
+                  vsync=rt.vsync)
 
 
 def run(cfg) -> int:
@@ -90,7 +90,7 @@ def run(cfg) -> int:
         agent = attract_agent(config.attract_agent, source, cfg.seed)
         return KioskSession(source, display, InputMapper(source.action_space, bindings), agent, config, events,
                             last_input, fps=rt.fps, title=f"rollingworld: {source.name}",
-                            controls=Controls(control_keys, bindings), hud=bool(rt.hud), screenshots=rt.screenshots)
+                            controls=Controls(control_keys, bindings), hud=rt.hud, screenshots=rt.screenshots)
 
     kiosk = Kiosk(start, display, config, events)
     try:

@@ -8,10 +8,28 @@ frames. Exit status 0 when every frame is identical, 1 at the first one that is 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Optional
+
 import numpy as np
+from omegaconf import MISSING
 
 from games.data.errors import InputError
+from runtime.config import RuntimeSettings
 from runtime.session_record import VIDEO_SCALE, SessionLog, frame_sha1, read_session, verified_checkpoint
+
+
+@dataclass
+class ReplayConfig:
+    """The settings of ``rollingworld replay``."""
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)  # the window (fps None: the recorded rate)
+    session: str = MISSING  # the session's JSONL sidecar, or its mp4 (the sidecar is found beside it)
+    ckpt: Optional[str] = None  # the checkpoint, if it moved since (default: the path the session names); same sha256
+    check: bool = True  # compare regenerated frames with the recorded frame hashes; exit 1 at the first difference
+    out: Optional[str] = None  # also write the regenerated frames to this mp4
+    frames: Optional[int] = None  # stop after this many ticks (None = all recorded)
+    headless: bool = False  # no window: regenerate as fast as possible, no display needed
+    threads: Optional[int] = None  # torch threads (None = as recorded; other counts may change the frames)
 
 
 class _Replay:
@@ -48,6 +66,14 @@ class _Replay:
         return self._seen(self.source.step(arg))
 
 
+def _engine_of(recorded: dict) -> dict:
+    """The engine settings a session header recorded; sessions recorded before the sink became a number of its own
+    said "no sink" as the mode ``rolling_nosink``."""
+    if recorded.get("mode") == "rolling_nosink":
+        return {**recorded, "mode": "rolling", "sink": 0}
+    return recorded
+
+
 def _events_for(log: SessionLog, ticks: int | None) -> int:
     """How many events hold the first ``ticks`` ticks (None: all)."""
     if ticks is None:
@@ -68,9 +94,9 @@ def _show(replay: _Replay, cfg, fps: float) -> None:
     from runtime.loop import TickLoop
 
     rt, source = cfg.runtime, replay.source
-    size = (source.width * int(rt.scale), source.height * int(rt.scale))
+    size = (source.width * rt.scale, source.height * rt.scale)
     window = Window(size, title=f"rollingworld replay: {source.name}", filter=rt.filter,
-                    fullscreen=bool(rt.fullscreen), vsync=bool(rt.vsync))
+                    fullscreen=rt.fullscreen, vsync=rt.vsync)
 
     def tick(t: int) -> bool:
         for event in pygame.event.get():
@@ -94,14 +120,14 @@ def run(cfg) -> int:
     log = read_session(cfg.session)
     header = log.header
     ckpt = verified_checkpoint(log, cfg.ckpt)
-    from runtime.commands.play import build_source  # torch: only once the session is known to be sound
+    from runtime.worlds import build_source  # torch: only once the session is known to be sound
     from worldmodel.engine.config import EngineConfig
 
     try:
-        engine = EngineConfig(**header["engine"])
+        engine = EngineConfig(**_engine_of(header["engine"]))
     except TypeError as e:
         raise InputError(f"{log.path}: line 1: bad engine settings: {e}") from None
-    threads = int(cfg.threads) if cfg.threads is not None else header["threads"]
+    threads = cfg.threads if cfg.threads is not None else header["threads"]
     source = build_source(ckpt, engine, threads, header["compare"])
     if source.action_space != log.action_space:
         raise InputError(f"{log.path} was recorded with other controls than {ckpt} has")
@@ -110,7 +136,7 @@ def run(cfg) -> int:
         from games.data.video import VideoWriter
 
         video = VideoWriter(cfg.out, fps=header["fps"], scale=VIDEO_SCALE)
-    replay = _Replay(source, log, None if cfg.frames is None else int(cfg.frames), bool(cfg.check), video)
+    replay = _Replay(source, log, cfg.frames, cfg.check, video)
     try:
         if cfg.headless:
             replay.start()

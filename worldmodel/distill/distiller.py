@@ -115,11 +115,11 @@ class Distiller(TrainingRun):
         cfg = self.cfg
         self.recording = Recording(cfg.data)
         check_action_space(self.meta, self.recording.action_space)
-        tcfg = self.teacher_model.info.train_config
+        info = self.teacher_model.info
         # the teacher's own split: episodes it held out stay held out for the student too
         self.train_ids, self.val_ids = held_out_split(self.recording, self.meta)
-        self.change_strength = float(tcfg.get("change_weight", 0.0))
-        self.clip_len = int(tcfg.get("clip_len", 8))
+        self.change_strength = float(info.train_config.get("change_weight", 0.0))
+        self.clip_len = info.clip_len
         frames = cfg.start_frames + max(cfg.rollout_frames + cfg.window - 1, cfg.window)
         self.clips = ClipDataset(self.recording, frames + 1, episodes=self.train_ids)  # + 1: causing actions
 

@@ -34,8 +34,6 @@ class EngineConfig:
     compile: bool = False  # rolling + fused: torch.compile the fixed-shape tick at the first reset (not in a tick)
 
     def __post_init__(self):
-        if self.mode == "rolling_nosink":  # sessions recorded before the sink became a number say it this way
-            self.mode, self.sink = "rolling", 0
         if self.mode not in MODES:
             raise InputError(f"unknown engine mode {self.mode!r}; choose from {', '.join(MODES)} "
                              f"(no attention sink: sink=0)")
@@ -63,7 +61,3 @@ class EngineConfig:
         if unknown:
             raise TypeError(f"unknown engine setting(s) {', '.join(unknown)}")
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
-
-    def settings(self) -> EngineSettings:
-        """What a distilled student records about how it plays."""
-        return EngineSettings(self.mode, self.window, self.sink, self.recent)

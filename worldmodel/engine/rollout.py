@@ -2,8 +2,9 @@
 
 Distillation trains the student on its **own** rollouts, made by the very tick ``WorldSession`` plays with
 (``window.RollingWindow``, here with batch B): the same rolling window (or frame-by-frame loop), attention sink,
-ring of recent frames with re-indexed positions, fused clean re-encode and order of noise draws. Evaluation uses it too, because it takes the action of every
-frame explicitly (a session's first W-1 frames hold no key while the window fills).
+ring of recent frames with re-indexed positions, fused clean re-encode and order of noise draws. Evaluation uses
+it too, because it takes the action of every frame explicitly (a session's first W-1 frames hold no key while the
+window fills).
 
 Gradient windows (Rolling Forcing, Sec. 3.3): with an ``offset`` in [0, W), the passes of ticks
 ``offset, offset + W, offset + 2W, ...`` run with gradient and every other pass without. The window of tick
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worldmodel.nn.flow import Denoiser
 from worldmodel.engine.kv_cache import start_cache
 from worldmodel.engine.window import RollingWindow
+from worldmodel.nn.flow import Denoiser
+
 
 def gradient_windows(n_frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
     """The ticks whose passes carry gradient for a rollout of ``n_frames`` emitted frames: a list of

@@ -1,7 +1,7 @@
 """Drift over a long session: Q of the model's frames early and late in a session driven by real actions.
 
 The real game is played for ``minutes`` by someone else (``rollingworld eval``: a scripted agent, ``games.scripted``);
-its actions drive the model from the session's first real frames through the engine (``engine.WorldSession``: the
+its actions drive the model from the session's first real frames through the engine (``session.WorldSession``: the
 session a player gets). Q (``quality.FrameQuality``, FD-pix; lower is better) is scored on blocks of a few seconds
 spread over the session, the first and the last included, and dDrift = Q(last) - Q(first) (positive: it got
 worse). The same blocks of the real game, raw and through the model's codec, are scored beside the model's: the

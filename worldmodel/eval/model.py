@@ -1,8 +1,8 @@
 """The world model under evaluation: a checkpoint and how it generates (mode, levels, sink, ring).
 
 ``EvalModel.generate`` is what ``eval.fidelity`` measures: B sessions from real start frames, in lockstep, through
-the engine's tick (``rollout.Rollout``), with the action of every frame given; ``engine_config`` is what the drift
-session and the control probes play it with (``engine.WorldSession``).
+the engine's tick (``rollout.Rollout``), with the action of every frame given; ``session`` is the one player's
+session (``session.WorldSession``, with the same ``cfg``) that the drift session and the control probes play.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from games.data.errors import InputError
-from worldmodel.engine.config import EngineConfig
+from worldmodel.engine.config import MODES, EngineConfig
 from worldmodel.engine.rollout import Rollout
 from worldmodel.metadata import ModelInfo
 
-EVAL_MODES = ("auto", "rolling", "framewise", "teacher")  # auto: a student as distilled, a teacher many-step
+EVAL_MODES = ("auto", *MODES)  # auto: a student as distilled, a teacher many-step
 
 
 @dataclass
