@@ -17,6 +17,7 @@ from typing import List, Optional
 import numpy as np
 
 from games.data.errors import InputError
+from worldmodel.engine.config import EngineConfig
 
 SECTIONS = ("fidelity", "drift", "control", "speed")
 SCRIPTED_GAMES = ("pong", "maze")  # games with a scripted agent and a control probe
@@ -59,7 +60,7 @@ class EvalSettings:
     window: Optional[int] = None  # frames in the rolling window; None = the checkpoint's (as distilled), else 4
     sink: Optional[int] = None  # attention-sink frames; None = the checkpoint's, else 1; 0 = no sink (the ablation)
     recent: Optional[int] = None  # recent frames in the KV cache; None = the checkpoint's, else 4
-    teacher_steps: int = 16  # steps a frame in teacher mode
+    teacher_steps: int = EngineConfig.teacher_steps  # steps a frame in teacher mode
     sections: List[str] = field(default_factory=lambda: list(SECTIONS))
     start_frames: int = 4  # real frames a generation starts from
     fidelity: FidelitySettings = field(default_factory=FidelitySettings)
