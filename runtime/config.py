@@ -1,4 +1,5 @@
-"""The typed settings of the commands: one dataclass per command, registered with hydra as ``schema/<command>``.
+"""The typed settings of the commands: one dataclass per command, registered with hydra as ``schema/<command>``;
+and the settings several commands share (the engine, the window, a recording plan, a game's config entry).
 
 A command's dataclass holds each of its settings once, with its type, its default and a comment of intent. Its
 ``configs/<command>.yaml`` starts its defaults list with ``schema/<command>`` and then holds only what differs: the
@@ -15,6 +16,9 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from omegaconf import OmegaConf
+
+from games.registry import make_game
 from worldmodel.engine.config import EngineConfig
 
 # command -> "module:Class" of its settings (imported only when that command is composed: several import torch)
@@ -89,3 +93,19 @@ class EngineChoice:
     teacher_steps: int = EngineConfig.teacher_steps  # steps per frame in teacher mode
     fuse_reencode: bool = EngineConfig.fuse_reencode  # compute the emitted frame's clean keys/values in the next pass
     compile: bool = EngineConfig.compile  # torch.compile the fixed-shape rolling tick at start-up
+
+
+@dataclass
+class RecordingPlan:
+    """What a scripted agent records (``games.record.record_dataset``); the pipeline's record stage too."""
+    agent: str = "heuristic"  # random | heuristic
+    episodes: int = 10
+    frames: int = 1000  # frames per episode
+    chunk_frames: int = 256  # frames per chunk file; a crash loses at most the chunk being written
+
+
+def build_game(game_cfg):
+    """The game a ``game`` config group entry describes."""
+    params = {k: v for k, v in OmegaConf.to_container(game_cfg).items() if k not in ("name", "width", "height")}
+    name = f"gym:{params.pop('env_id')}" if game_cfg.name == "gym" else game_cfg.name
+    return make_game(name, width=int(game_cfg.width), height=int(game_cfg.height), **params)

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from runtime.display import Overlay
+from runtime.display import OffscreenDisplay, Overlay, Window
 from runtime.hud import PlayMeter, TextPanel, format_hud, help_lines
-from runtime.input import Controls, InputMapper
+from runtime.input import Controls, InputMapper, resolve_bindings
 from runtime.loop import TickLoop, TickStats
 from runtime.source import FrameSource
 
@@ -238,3 +240,73 @@ class PlaySession:
         finally:
             self._grab(False)
         return PlayResult(stats, stats.ticks + 1, self.frame, self.quit_by_user)
+
+
+def play_source(source: FrameSource, cfg, agent=None) -> int:
+    """Play any frame source (a game through ``GameSource``, a world model through ``WorldSource``) with the
+    settings of ``cfg`` (a ``GameCommandConfig``, or ``play``'s ``PlayConfig`` with ``record`` None)."""
+    rt = cfg.runtime
+    size = (source.width * rt.scale, source.height * rt.scale)
+    bindings = resolve_bindings(source.action_space, source.default_bindings,
+                                OmegaConf.to_container(rt.bindings) if rt.bindings else None)
+    controls = Controls(OmegaConf.to_container(rt.controls) if rt.controls else {}, bindings)
+    if not log.handlers:  # overruns and resets are worth a line on stderr while playing
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("rollingworld: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    if cfg.headless:
+        display = OffscreenDisplay(size, filter=rt.filter)
+    else:
+        display = Window(size, title=f"rollingworld: {source.name}", filter=rt.filter,
+                         fullscreen=rt.fullscreen, vsync=rt.vsync)
+    writer = episode = None
+    if cfg.record:
+        from games.data.writer import RecordingWriter
+
+        writer = RecordingWriter(cfg.out, game=source.name, action_space=source.action_space, fps=source.fps,
+                                 height=source.height, width=source.width, chunk_frames=cfg.chunk_frames)
+        episode = writer.begin_episode(seed=cfg.seed, agent=cfg.agent or "human")
+    video = None
+    if cfg.video:
+        from games.data.video import VideoWriter
+
+        video = VideoWriter(cfg.video, fps=rt.fps or source.fps, scale=4)
+
+    recorded = 0
+
+    def on_frame(frame, action):
+        nonlocal recorded
+        if episode is not None:
+            episode.append(frame, action)
+            recorded += 1
+        if video is not None:
+            video.write(frame)
+
+    def on_reset(seed):
+        nonlocal episode
+        if episode is not None:  # the player restarted: what follows is a new episode, not a jump in this one
+            episode.close()
+            episode = writer.begin_episode(seed=seed, agent=cfg.agent or "human")
+
+    try:
+        session = PlaySession(source, display, InputMapper(source.action_space, bindings), fps=rt.fps, agent=agent,
+                              on_frame=on_frame, title=f"rollingworld: {source.name}", controls=controls,
+                              hud=rt.hud, screenshots=rt.screenshots,
+                              on_reset=on_reset)
+        result = session.run(seed=cfg.seed, frames=cfg.frames)
+        if video is not None:
+            video.write(result.last_frame)
+    finally:
+        if episode is not None:
+            episode.close()
+            writer.close()
+        if video is not None:
+            video.close()
+        display.close()
+    print(f"{source.name}: {result.stats.summary()}")
+    if video is not None:
+        print(f"wrote {video.frames} frames to {cfg.video}")
+    if episode is not None:
+        print(f"recorded {recorded} frames to {cfg.out}")
+    return 0

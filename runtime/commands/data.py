@@ -8,16 +8,7 @@ from omegaconf import OmegaConf
 
 from games.data.actions import ActionSpace
 from games.data.errors import InputError
-from runtime.commands.game import build_game
-
-
-@dataclass
-class RecordingPlan:
-    """What a scripted agent records (``games.record.record_dataset``); the pipeline's record stage too."""
-    agent: str = "heuristic"  # random | heuristic
-    episodes: int = 10
-    frames: int = 1000  # frames per episode
-    chunk_frames: int = 256  # frames per chunk file; a crash loses at most the chunk being written
+from runtime.config import RecordingPlan, build_game
 
 
 @dataclass

@@ -39,7 +39,7 @@ def _source_builder(cfg):
     if (cfg.get("game") is None) == (cfg.get("ckpt") is None):
         raise InputError("give game=NAME (pong, maze, gym:<env id>) or ckpt=FILE (a world model), one of the two")
     if cfg.get("game") is not None:
-        from runtime.commands.game import build_game
+        from runtime.config import build_game
         from runtime.source import GameSource
 
         return lambda: GameSource(build_game(cfg.game))

@@ -19,8 +19,7 @@ from typing import Any, get_type_hints
 from omegaconf import OmegaConf
 
 from games.data.errors import InputError
-from runtime.commands.data import RecordingPlan
-from runtime.commands.game import build_game
+from runtime.config import RecordingPlan, build_game
 from runtime.evaluation import EvalConfig, EvalSettings, check_settings
 from worldmodel.distill.distiller import DistillConfig
 from worldmodel.train.codec import CodecTrainConfig

@@ -46,7 +46,7 @@ def _agent(name, source, seed: int):
 
 
 def run(cfg) -> int:
-    from runtime.commands.game import play_source
+    from runtime.player import play_source
 
     if cfg.record and not cfg.record.endswith(".mp4"):
         raise InputError(f"record= takes an .mp4 path (the JSONL sidecar goes beside it), got {cfg.record}")

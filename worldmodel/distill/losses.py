@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.nn.attention import causal_mask
-from worldmodel.nn.flow import Denoiser, change_weight, euler_step, shift_levels
+from worldmodel.nn.flow import Denoiser, add_noise, change_weight, euler_step, shift_levels
 from worldmodel.engine.kv_cache import cached_pass, start_cache
 
 
@@ -117,8 +117,7 @@ def dmd_loss(teacher: Denoiser, critic: Denoiser, ctx, ctx_act, blocks, blk_act,
     t = sample_dmd_levels(blocks.shape[0], shift, t_min, t_max, generator, blocks.device)
     eps = torch.randn(blocks.shape, generator=generator, device=blocks.device)
     with torch.no_grad():
-        s = t[:, None, None, None, None]
-        noisy = (1 - s) * blocks.detach() + s * eps
+        noisy = add_noise(blocks.detach(), eps, t[:, None])
         real = _denoise_blocks(teacher, ctx, ctx_act, noisy, blk_act, t)
         fake = _denoise_blocks(critic, ctx, ctx_act, noisy, blk_act, t)
         normaliser = (blocks.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
@@ -134,6 +133,5 @@ def critic_loss(critic: Denoiser, ctx, ctx_act, blocks, blk_act, shift: float, t
     blocks = blocks.detach()
     t = sample_dmd_levels(blocks.shape[0], shift, t_min, t_max, generator, blocks.device)
     eps = torch.randn(blocks.shape, generator=generator, device=blocks.device)
-    s = t[:, None, None, None, None]
-    pred = _denoise_blocks(critic, ctx, ctx_act, (1 - s) * blocks + s * eps, blk_act, t)
+    pred = _denoise_blocks(critic, ctx, ctx_act, add_noise(blocks, eps, t[:, None]), blk_act, t)
     return _weighted_mse(pred, blocks, ctx[:, -1:], change_strength)
