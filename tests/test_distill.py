@@ -120,6 +120,29 @@ def test_one_dmd_step_changes_student_and_critic_and_keeps_them_finite(teacher, 
     assert all(torch.equal(before["teacher"][k], v) for k, v in d.teacher.net.state_dict().items())  # frozen
 
 
+def test_the_critic_learns_the_in_window_predictions_that_dmd_scores(teacher, tmp_path):
+    """DMD scores each frame's clean prediction inside its gradient window (from level 1.0, 0.9, 0.75 or 0.5); the
+    critic must learn that distribution, not the emitted frames (issue 14, item 1)."""
+    from worldmodel.distill.distiller import DistillConfig, Distiller
+    from worldmodel.train.run import step_generators
+
+    ckpt, data = teacher
+    d = Distiller(DistillConfig(teacher=str(ckpt), data=str(data), out=str(tmp_path / "run"), dmd_steps=1,
+                                batch=2, rollout_frames=8, critic_steps=1, threads=1, progress=False))
+    _, (_, _, learned, _) = d.critic_rollout(0)
+    # the same draws, made again: the rollout's in-window predictions and its emitted frames
+    rng, g = step_generators(d.cfg.seed, d.rank, "critic", 0, 0, d.device)
+    start, actions, mode = d._rollout_inputs(rng)
+    offset = int(rng.integers(d.cfg.window))
+    with torch.no_grad():
+        result = Rollout(d.student_den, d.levels, mode, d.cfg.sink, d.cfg.recent).run(
+            start, actions[:, d.cfg.start_frames:], d.cfg.rollout_frames, g, grad_offset=offset)
+    scored = d._blocks(start, actions, result, result.outputs)[2]  # what student_step hands to dmd_loss
+    emitted = d._blocks(start, actions, result, result.frames)[2]
+    assert torch.equal(learned, scored)
+    assert not torch.allclose(learned, emitted)  # predictions from high levels are not the finished frames
+
+
 def test_every_draw_of_training_has_its_own_random_sources():
     """However many critic steps a student step has, no two draws share a seed: seeds packed as
     ``step * 1000 + sub`` made critic draw 1000 of DMD step 0 repeat draw 0 of step 1 once critic_steps >= 999."""

@@ -247,14 +247,23 @@ class Distiller(TrainingRun):
         return score_clips(context, actions[:, :S + self.cfg.rollout_frames], frames,
                            actions[:, S:S + self.cfg.rollout_frames], self.cfg.window, n_ctx)
 
-    def critic_step(self, sub: int) -> float:
+    def critic_rollout(self, sub: int):
+        """The student's rollout that critic step ``sub`` learns from, made as the student step makes its own (a
+        random offset of the gradient windows, here without gradient): returns (generator, score clips). The
+        critic learns the distribution DMD scores: each frame's clean prediction inside its window (from level
+        1.0, 0.9, 0.75 or 0.5), not the emitted frames, which only the context shows."""
         cfg = self.cfg
         rng, g = step_generators(cfg.seed, self.rank, "critic", self.steps["dmd"], sub, self.device)
         start, actions, mode = self._rollout_inputs(rng)
+        offset = int(rng.integers(cfg.window))
         with torch.no_grad():
             result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
-                start, actions[:, cfg.start_frames:], cfg.rollout_frames, g)
-        ctx, ctx_act, blk, blk_act = self._blocks(start, actions, result, result.frames)
+                start, actions[:, cfg.start_frames:], cfg.rollout_frames, g, grad_offset=offset)
+        return g, self._blocks(start, actions, result, result.outputs)
+
+    def critic_step(self, sub: int) -> float:
+        cfg = self.cfg
+        g, (ctx, ctx_act, blk, blk_act) = self.critic_rollout(sub)
         loss = critic_loss(self.critic_den, ctx, ctx_act, blk, blk_act, self.dmd_shift, cfg.t_min, cfg.t_max, g,
                            self.change_strength)
         self._update(loss, self.critic, self.opt_critic)
