@@ -143,6 +143,24 @@ def test_the_critic_learns_the_in_window_predictions_that_dmd_scores(teacher, tm
     assert not torch.allclose(learned, emitted)  # predictions from high levels are not the finished frames
 
 
+def test_the_shipped_student_averages_dmd_steps_only(teacher, tmp_path):
+    """The EMA starts afresh at the first DMD step: the ODE init's weights do not linger in what ships."""
+    from worldmodel.distill.distiller import DistillConfig, Distiller
+
+    ckpt, data = teacher
+    d = Distiller(DistillConfig(teacher=str(ckpt), data=str(data), out=str(tmp_path / "run"), dmd_steps=1,
+                                batch=2, rollout_frames=8, critic_steps=1, threads=1, progress=False))
+    with torch.no_grad():
+        for p in d.ema.net.parameters():  # an average of the ODE phase, far from the student
+            p.add_(1.0)
+    before = [p.detach().clone() for p in d.student.parameters()]
+    d.dmd_step()
+    after = list(d.student.parameters())
+    # the first update of a fresh average: decay 0.1 between the student before and after its step
+    for pe, b, a in zip(d.ema.net.parameters(), before, after):
+        torch.testing.assert_close(pe, b + 0.9 * (a.detach() - b))
+
+
 def test_every_draw_of_training_has_its_own_random_sources():
     """However many critic steps a student step has, no two draws share a seed: seeds packed as
     ``step * 1000 + sub`` made critic draw 1000 of DMD step 0 repeat draw 0 of step 1 once critic_steps >= 999."""

@@ -287,8 +287,10 @@ class Distiller(TrainingRun):
     def dmd_step(self) -> dict:
         critic = [self.critic_step(i) for i in range(self.cfg.critic_steps)]
         loss, stats = self.student_step()
+        if self.steps["dmd"] == 0:  # the shipped student averages DMD steps only, none of the ODE init's
+            self.ema.restart()
         grad_norm = self._update(loss, self.student, self.opt_student)
-        self.ema.update(self.steps["ode"] + self.steps["dmd"])
+        self.ema.update(self.steps["dmd"])
         self.steps["dmd"] += 1
         row = {"phase": "dmd", "step": self.steps["dmd"], "grad_norm": grad_norm,
                "critic_loss": float(np.mean(critic)) if critic else float("nan")}

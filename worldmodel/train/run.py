@@ -56,6 +56,12 @@ class EMA:
         self.net = copy.deepcopy(source).requires_grad_(False)
 
     @torch.no_grad()
+    def restart(self) -> None:
+        """Start the average afresh from the source's weights now (a new phase of training)."""
+        for pe, p in zip(self.net.parameters(), self.source.parameters()):
+            pe.copy_(p)
+
+    @torch.no_grad()
     def update(self, k: int) -> None:
         decay = min(self.decay, (1 + k) / (10 + k))
         for pe, p in zip(self.net.parameters(), self.source.parameters()):
