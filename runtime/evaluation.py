@@ -172,17 +172,22 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
 def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     from worldmodel.eval.drift import drift_scores, through_codec
     from worldmodel.eval.report import write_frames
+    from worldmodel.eval.collapse import CollapseDetector
     from worldmodel.eval.quality import FrameQuality
 
     d = cfg.drift
     if game not in SCRIPTED_GAMES:
         return {"skipped": f"no scripted agent plays {game!r} (drift needs one of {', '.join(SCRIPTED_GAMES)})"}
     session = _drift_frames(em, cfg, game, out, show)
-    clips = _reference_clips(rec, d.reference_frames)
-    if d.reference == "codec":
-        clips = [through_codec(em.model.codec, c) for c in clips]
+    real_clips = _reference_clips(rec, d.reference_frames)
+    clips = [through_codec(em.model.codec, c) for c in real_clips] if d.reference == "codec" else real_clips
     quality = FrameQuality(clips)
     result = drift_scores(quality, session, em.model.codec)
+    detector = CollapseDetector(np.concatenate(real_clips))  # the game's own colours, not the codec's
+    result["collapse"] = {"model": [detector.collapsed(b) for b in session["model"]],
+                          "real": [detector.collapsed(b) for b in session["real"]],
+                          "real_through_codec": [detector.collapsed(through_codec(em.model.codec, b))
+                                                 for b in session["real"]]}
     write_frames(out / "drift-frames.png", {"real_first": session["real"][0][-1], "real_last": session["real"][-1][-1],
                                             "model_first": session["model"][0][-1],
                                             "model_last": session["model"][-1][-1]})

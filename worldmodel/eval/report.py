@@ -121,6 +121,10 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {name.replace('_', ' ')} | {_fmt(d[name]['first'])} | {_fmt(d[name]['last'])} | "
                              f"{_fmt(d[name]['ddrift'])} | {_fmt(float(np.mean(drift['q'][name])))} | "
                              f"{_fmt(d[name].get('spread'))} |")
+            if "collapse" in drift:  # the share of frames that left the game (worldmodel/eval/collapse.py), per block
+                lines += ["", "Collapsed frames (off the game's colours, or one colour over the frame) per block: "
+                          + "; ".join(f"{name.replace('_', ' ')} " + " ".join(f"{100 * v:.0f}%" for v in shares)
+                                      for name, shares in drift["collapse"].items()) + "."]
             lines += ["", "![drift](drift.png)", "",
                       "Real game and model, end of the first block and end of the session:", "",
                       "![frames](drift-frames.png)", ""]
