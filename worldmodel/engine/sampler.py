@@ -7,7 +7,7 @@ against the real game as it scores the engine's sessions.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,14 +21,14 @@ from worldmodel.nn.dit import DiT, DiTConfig
 
 @dataclass
 class Teacher:
-    """A loaded teacher checkpoint: the EMA denoiser, its codec and its metadata."""
+    """A loaded teacher checkpoint: the EMA denoiser, its codec and its metadata (read once into ``info``)."""
     denoiser: Denoiser
     codec: torch.nn.Module
     metadata: dict
+    info: ModelInfo = field(init=False)  # the metadata's typed fields (``rollout`` asks for some every frame)
 
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo.from_metadata(self.metadata)
+    def __post_init__(self):
+        self.info = ModelInfo.from_metadata(self.metadata)
 
     @property
     def attention(self) -> str:

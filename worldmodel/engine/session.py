@@ -48,7 +48,7 @@ class WorldSession:
 
         ckpt = load_checkpoint(path, device=device)  # read once: the model and the start frames
         model = load_teacher(ckpt, device=device)
-        info = ModelInfo.from_metadata(model.metadata)
+        info = model.info
         session = cls(model.denoiser, model.codec, info.action_space, cfg, info.frame_size, info)
         start = ckpt.group("start.").get("frames")  # a bundled model's start frames
         if start is not None:

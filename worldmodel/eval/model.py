@@ -35,7 +35,7 @@ class EvalModel:
         if mode not in EVAL_MODES:
             raise InputError(f"unknown mode {mode!r}; choose from {', '.join(EVAL_MODES)} (no attention sink: sink=0)")
         model = load_teacher(path)
-        info = ModelInfo.from_metadata(model.metadata)
+        info = model.info
         if mode == "auto":  # a student plays as it was distilled; a teacher samples with many steps
             mode = "teacher" if info.engine is None else None
         return cls(str(path), model, info, EngineConfig.for_model(info, mode=mode, teacher_steps=teacher_steps,
