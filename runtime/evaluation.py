@@ -144,19 +144,20 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
     """The scripted session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
     changing only how Q is scored does not regenerate ten minutes of frames."""
     from games.scripted import scripted_play
-    from worldmodel.eval.drift import DriftPlan, drift_session
+    from worldmodel.eval.drift import SNAPSHOT_SECONDS, DriftPlan, drift_session
 
     d = cfg.drift
     fps = int(em.info.fps)
     session_settings = {"ckpt": str(Path(em.path).resolve()), **_generation(em),
                         "minutes": d.minutes, "agent": d.agent, "block_seconds": d.block_seconds, "blocks": d.blocks,
-                        "start_frames": cfg.start_frames, "seed": cfg.seed}
+                        "start_frames": cfg.start_frames, "seed": cfg.seed, "snapshots": list(SNAPSHOT_SECONDS)}
     path, stamp = out / "parts" / "drift-frames.npz", out / "parts" / "drift-frames.json"
     if path.exists() and stamp.exists() and _as_now(json.loads(stamp.read_text()), em) == session_settings:
         with np.load(path, allow_pickle=False) as z:
             saved = {k: z[k] for k in z.files}
         return {"frames": int(saved["frames"]), "fps": int(saved["fps"]), "block_frames": int(saved["block_frames"]),
-                "block_seconds": saved["block_seconds"].tolist(), "model": saved["model"], "real": saved["real"]}
+                "block_seconds": saved["block_seconds"].tolist(),
+                **{k: saved[k] for k in ("model", "real", "snapshot_seconds", "snapshot_model", "snapshot_real")}}
     plan = DriftPlan.of(d.minutes, fps, d.block_seconds, d.blocks, cfg.start_frames)
     # the real game is played here, where games may be imported; the model only sees its frames and actions
     actions, real = scripted_play(game, d.agent, plan.real_frames, cfg.seed, em.frame_size, plan.kept())
@@ -171,7 +172,7 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
 
 def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     from worldmodel.eval.drift import drift_scores, through_codec
-    from worldmodel.eval.report import write_frames
+    from worldmodel.eval.report import write_frames, write_time_strip
     from worldmodel.eval.collapse import CollapseDetector
     from worldmodel.eval.quality import FrameQuality
 
@@ -191,6 +192,9 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     write_frames(out / "drift-frames.png", {"real_first": session["real"][0][-1], "real_last": session["real"][-1][-1],
                                             "model_first": session["model"][0][-1],
                                             "model_last": session["model"][-1][-1]})
+    write_time_strip(out / "drift-strip.png", session["snapshot_seconds"],
+                {"real": session["snapshot_real"], "real, codec": through_codec(em.model.codec, session["snapshot_real"]),
+                 "model": session["snapshot_model"]})
     return {"minutes": d.minutes, "agent": d.agent, "reference": d.reference,
             "quality": f"{quality.name} against real frames{' through the codec' if d.reference == 'codec' else ''}",
             **{k: session[k] for k in ("frames", "fps", "block_frames", "block_seconds")}, **result}

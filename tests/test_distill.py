@@ -43,6 +43,21 @@ def test_gradient_windows_tile_the_rollout_once_for_every_offset(window):
         gradient_windows(8, 4, 4)
 
 
+@pytest.mark.parametrize("window", [1, 3, 4])
+def test_gradient_windows_after_a_prefix_cover_only_the_frames_after_it(window):
+    """With a no-grad prefix of F frames, the windows tile frames F..n-1 exactly once, in ticks' own windows."""
+    for n in range(2, 14):
+        for first_frame in range(n):
+            for offset in range(window):
+                windows = gradient_windows(n, window, offset, first_frame)
+                covered = [j for _, first, end in windows for j in range(first, end)]
+                assert sorted(covered) == list(range(first_frame, n)), (n, first_frame, offset)
+                for tick, first, end in windows:
+                    assert first >= tick - window + 1 and end - 1 <= tick
+    with pytest.raises(ValueError):
+        gradient_windows(8, 4, 0, 8)
+
+
 def _start_and_actions(session, n_actions, seed=0):
     rng = np.random.default_rng(seed)
     start = rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
@@ -132,15 +147,64 @@ def test_the_critic_learns_the_in_window_predictions_that_dmd_scores(teacher, tm
     _, (_, _, learned, _) = d.critic_rollout(0)
     # the same draws, made again: the rollout's in-window predictions and its emitted frames
     rng, g = step_generators(d.cfg.seed, d.rank, "critic", 0, 0, d.device)
-    start, actions, mode = d._rollout_inputs(rng)
+    start, actions, mode, prefix = d._rollout_inputs(rng)
     offset = int(rng.integers(d.cfg.window))
     with torch.no_grad():
         result = Rollout(d.student_den, d.levels, mode, d.cfg.sink, d.cfg.recent).run(
             start, actions[:, d.cfg.start_frames:], d.cfg.rollout_frames, g, grad_offset=offset)
-    scored = d._blocks(start, actions, result, result.outputs)[2]  # what student_step hands to dmd_loss
-    emitted = d._blocks(start, actions, result, result.frames)[2]
+    W = d.cfg.window
+    scored = torch.cat([result.outputs[:, i:i + W] for i in range(0, 8, W)])  # what student_step scores
+    emitted = torch.cat([result.frames[:, i:i + W] for i in range(0, 8, W)])
     assert torch.equal(learned, scored)
     assert not torch.allclose(learned, emitted)  # predictions from high levels are not the finished frames
+
+
+@pytest.mark.parametrize("mode", ["rolling", "framewise"])
+def test_a_no_grad_prefix_leaves_the_frames_as_they_were_and_grades_only_what_follows(tmp_path, mode):
+    """A rollout whose first 8 frames are a prefix without gradient emits the same frames as one without any
+    gradient (same noise order), and returns predictions, with gradient, of the 4 frames after the prefix only."""
+    session = WorldSession.from_checkpoint(tiny_checkpoint(tmp_path / "t.safetensors"), EngineConfig(mode=mode))
+    den, levels = session.denoiser, session.levels
+    den.net.requires_grad_(True)  # a session plays without gradient; a student trains with it
+    net = den.net.cfg
+    start = torch.randn(2, 2, net.channels, net.height, net.width, generator=torch.Generator().manual_seed(0))
+    acts = (torch.rand(2, 15, net.action_dim, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    rollout = Rollout(den, levels, mode)
+    with torch.no_grad():
+        plain = rollout.run(start, acts, 12, torch.Generator().manual_seed(7))
+    graded = rollout.run(start, acts, 12, torch.Generator().manual_seed(7), grad_offset=1, grad_from=8)
+    torch.testing.assert_close(graded.frames, plain.frames)
+    assert graded.outputs.shape[1] == 4 and graded.outputs.requires_grad and len(graded.levels) == 4
+
+
+def test_rollouts_with_a_prefix_and_a_stale_sink_score_what_follows_the_prefix(teacher, tmp_path):
+    """prefix_frames and stale_sink: each rollout draws a prefix of 0, W or 2W frames, its sink is a frame from
+    earlier in the same episode, and the scorers get the graded frames after the frames just before them."""
+    from worldmodel.distill.distiller import DistillConfig, Distiller
+    from worldmodel.train.run import step_generators
+
+    ckpt, data = teacher
+    d = Distiller(DistillConfig(teacher=str(ckpt), data=str(data), out=str(tmp_path / "run"), dmd_steps=1,
+                                batch=2, rollout_frames=4, prefix_frames=8, stale_sink=1.0, score_frames=4,
+                                critic_steps=1, threads=1, progress=False))
+    prefixes = set()
+    for step in range(12):
+        rng, _ = step_generators(0, 0, "student", step)
+        prefixes.add(d._rollout_inputs(rng)[3])
+    assert prefixes == {0, 4, 8}
+    # a stale sink is a frame of the clip's own episode, from before the clip
+    rng = np.random.default_rng(3)
+    ids = d.clips.draw(np.random.default_rng(3), 2)
+    x0, _ = d._batch(rng, 2, stale_sink=1.0)
+    for b, i in enumerate(ids):
+        e, start = d.clips.locate(i)
+        earlier = d.teacher_model.codec.encode(torch.from_numpy(d.clips.episodes[e].frames(0, start + 1)))
+        assert min((earlier - x0[b, 0]).abs().max().item() for earlier in earlier) < 1e-5
+    rng, g = step_generators(0, 0, "student", 0)
+    (ctx, ctx_act, blk, blk_act), stats = d._rollout(rng, g, with_grad=True)
+    assert blk.shape[1] == 4 and blk.requires_grad and ctx.shape[1] == min(4 + stats["prefix"], d.clip_len - 4)
+    loss, _ = d.student_step()
+    assert torch.isfinite(loss)
 
 
 def test_the_shipped_student_averages_dmd_steps_only(teacher, tmp_path):
@@ -208,6 +272,9 @@ def test_distill_errors_are_one_line(cli, teacher, tmp_path):
     assert_one_line_error(cli("distill", *base), "ode_steps")
     assert_one_line_error(cli("distill", *base, "ode_steps=2", "ode_teacher_steps=6"), "multiple")
     assert_one_line_error(cli("distill", *base[1:], f"teacher={tmp_path}/none.safetensors", "dmd_steps=1"), "none")
+    assert_one_line_error(cli("distill", *base, "dmd_steps=1", "prefix_frames=6"), "multiples")
+    assert_one_line_error(cli("distill", *base, "dmd_steps=1", "score_frames=3"), "score_frames")
+    assert_one_line_error(cli("distill", *base, "dmd_steps=1", "score_frames=8"), "shorter")
     maze = tmp_path / "maze"
     assert cli("record", "game=maze", "agent=random", "episodes=1", "frames=40", f"out={maze}",
                "progress=false").returncode == 0

@@ -164,3 +164,33 @@ def test_one_student_step_moves_its_outputs_toward_the_teachers_clean_prediction
     margin = 1e-4 * before  # far above float32 rounding of these norms
     assert ((G_new - call["x0"]).flatten(1).norm(dim=1) < before - margin).all()
     assert ((G_new - x0_new).flatten(1).norm(dim=1) < before - margin).all()
+
+
+def test_action_guidance_moves_the_real_score_along_the_actions_effect():
+    """guidance=g: the real score is the teacher's action-free prediction plus g times what the actions change
+    (classifier-free guidance). The target then equals DMD's with a teacher whose prediction is that mix; with
+    g = 1 the action-free pass is not even run."""
+    torch.manual_seed(0)
+    net = make_model("tiny", channels=3, height=16, width=16, patch=4, action_dim=ACTIONS, null_action=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    teacher = Recorded(Denoiser(net, NoiseSchedule()).requires_grad_(False))
+    critic = _denoiser(2)
+    ctx, ctx_act, noise, blk_act = _clips()
+    with torch.no_grad():
+        G = _generate(_denoiser(1), ctx, ctx_act, noise, blk_act)
+    _dmd(teacher, critic, ctx, ctx_act, G, blk_act)
+    assert len(teacher.calls) == 1
+    teacher.calls.clear()
+    G.requires_grad_(True)
+    loss = losses.dmd_loss(teacher, critic, ctx, ctx_act, G, blk_act, SHIFT, T_MIN, T_MAX,
+                           torch.Generator().manual_seed(7), guidance=3.0)[0]
+    loss.backward()
+    cond, free = teacher.calls
+    assert not torch.allclose(cond["x0"], free["x0"])  # the actions matter to this teacher
+    real = free["x0"] + 3.0 * (cond["x0"] - free["x0"])
+    with torch.no_grad():
+        fake = losses._denoise_blocks(critic, ctx, ctx_act, cond["noisy"], blk_act, cond["level"])
+    normaliser = (G.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+    torch.testing.assert_close(G.grad, (fake - real) / normaliser / G.numel(), rtol=1e-4, atol=1e-9)

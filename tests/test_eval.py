@@ -77,8 +77,11 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
     assert d["model"]["first"] > 10 * d["real"]["first"]  # random frames are far from real ones; real ones are not
     assert ctl["real_game"]["accuracy"] == 1.0 and ctl["model"]["n"] == 4 and ctl["latency_ticks"] == 4
     assert spd["frames"] == 200 and spd["fps"] > 0 and spd["mode"] == "rolling"
-    for png in ("fidelity.png", "fidelity-samples.png", "drift.png", "drift-frames.png"):
+    for png in ("fidelity.png", "fidelity-samples.png", "drift.png", "drift-frames.png", "drift-strip.png"):
         assert (out / png).stat().st_size > 1000
+    with np.load(out / "parts" / "drift-frames.npz") as z:  # 180 frames at 30 fps: 0, 1 and 5 s, then the end
+        assert z["snapshot_seconds"].tolist() == [0.0, 1.0, 5.0, 6.0] and z["snapshot_model"].shape[0] == 4
+        assert np.array_equal(z["snapshot_model"][-1], z["model"][-1][-1])  # the end is the last block's last frame
     md = (out / "report.md").read_text()
     for needle in ("## Fidelity", "## Drift", "dDrift", "## Control", "## Speed", "data range 255"):
         assert needle in md
@@ -100,6 +103,15 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
     assert "drift: finished earlier with other settings" in r.stdout and "drift session" not in r.stderr
     assert (out / "parts" / "drift-frames.npz").stat().st_mtime_ns == frames
     assert json.loads((out / "report.json").read_text())["drift"]["reference"] == "real"
+
+
+def test_snapshots_of_a_ten_minute_session_are_at_the_issues_times():
+    from worldmodel.eval.drift import DriftPlan
+
+    plan = DriftPlan.of(10, 30)
+    assert plan.snapshots == ((0.0, 0), (1.0, 30), (5.0, 150), (30.0, 900), (60.0, 1800), (300.0, 9000),
+                              (600.0, 17999))
+    assert {plan.start_frames + i for _, i in plan.snapshots} <= plan.kept()
 
 
 def test_comparison_table_reads_the_reports(tiny, tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from worldmodel.nn.attention import LayerContext, bidirectional_mask, causal_mask
-from worldmodel.nn.flow import Denoiser, NoiseSchedule, flow_matching_loss
+from worldmodel.nn.flow import Denoiser, NoiseSchedule, drop_actions, flow_matching_loss
 from worldmodel.nn.dit import MODELS, count_params, make_model
 
 
@@ -69,6 +69,38 @@ def test_actions_condition_their_own_frame():
         out = m(x, s, a2, frame_mask=causal_mask(5))
     torch.testing.assert_close(out[:, :2], ref[:, :2], rtol=0, atol=1e-5)
     assert (out[:, 2] - ref[:, 2]).abs().max() > 1e-3
+
+
+def test_a_missing_action_is_the_learned_null_action():
+    """A NaN action row (flow.drop_actions) means "no action given": the network puts its null action there,
+    whatever the row held, and a clip trained with every action dropped cannot tell its actions apart."""
+    m = _model(null_action=True)
+    x, s, a = _inputs()
+    with torch.no_grad():
+        m.cond.null_action.add_(torch.randn_like(m.cond.null_action))
+        dropped = drop_actions(a, torch.tensor([True, False]))
+        out = m(x, s, dropped, frame_mask=causal_mask(5))
+        other = m(x, s, drop_actions(a + 1.0, torch.tensor([True, False])), frame_mask=causal_mask(5))
+        ref = m(x, s, a, frame_mask=causal_mask(5))
+    assert torch.isfinite(out).all() and torch.isnan(dropped[0]).all() and not torch.isnan(dropped[1]).any()
+    torch.testing.assert_close(out[0], other[0])  # the dropped clip ignores what its actions were
+    assert (out[0] - ref[0]).abs().max() > 1e-3  # and is not the conditioned prediction
+    torch.testing.assert_close(out[1], ref[1])  # the kept clip is untouched
+    den = Denoiser(m, NoiseSchedule())
+    losses = [flow_matching_loss(den, x[:, :, :3], acts, NoiseSchedule(), generator=torch.Generator().manual_seed(2),
+                                 action_dropout=1.0)[0] for acts in (a, a + 1.0)]
+    assert losses[0].item() == losses[1].item()
+
+
+def test_shifted_training_levels_reach_the_windows_top_levels():
+    """The rolling window's two newest frames sit at levels 1.0 and 0.9: train_shift=3 (the sampler's shift) puts
+    ~14 % of the training levels above 0.9, unshifted training ~1.4 %."""
+    share = {}
+    for shift in (1.0, 3.0):
+        sched = NoiseSchedule(train_shift=shift, clean_context_prob=0.0)
+        s = sched.sample_train_levels(4000, 8, generator=torch.Generator().manual_seed(0))
+        share[shift] = (s > 0.9).float().mean().item()
+    assert share[1.0] < 0.03 and 0.10 < share[3.0] < 0.18
 
 
 def test_cached_context_equals_recomputing_the_whole_clip():

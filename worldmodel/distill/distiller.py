@@ -65,7 +65,16 @@ class DistillConfig:
     ode_lr: float = 5e-5
     dmd_steps: int = 0  # student (generator) steps of DMD
     batch: int = 4  # rollouts per DMD step and process
-    rollout_frames: int = 8  # frames per rollout (a multiple of window)
+    rollout_frames: int = 8  # frames per rollout that carry gradient (a multiple of window)
+    prefix_frames: int = 0  # at most this many frames generated without gradient before them (a multiple of
+    #                          window; each rollout draws 0, W, 2W, ... up to it): the student learns from states
+    #                          deep into its own generation, a fully self-generated ring and an old sink
+    stale_sink: float = 0.0  # share of rollouts whose sink is a frame from earlier in the episode (from its first
+    #                          frame to the clip's start), as a session's sink is its first frame, long gone by
+    score_frames: int = 0  # generated frames the scorers noise together (0 = window; rollout_frames: the whole
+    #                        graded clip jointly, after real context frames that are out of the loss)
+    guidance: float = 1.0  # classifier-free guidance on the action in the real score (1 = none; needs a teacher
+    #                        trained with action_dropout)
     lr: float = 2e-5  # student learning rate (DMD)
     critic_lr: float = 2e-5
     critic_steps: int = 5  # critic steps per student step
@@ -93,8 +102,16 @@ def check_config(cfg: DistillConfig) -> None:
     if cfg.ode_steps and cfg.ode_teacher_steps % cfg.window:
         raise InputError(f"ode_teacher_steps ({cfg.ode_teacher_steps}) must be a multiple of window "
                          f"({cfg.window}): the window's levels lie on the teacher's path")
-    if cfg.dmd_steps and cfg.rollout_frames % cfg.window:
-        raise InputError(f"rollout_frames ({cfg.rollout_frames}) must be a multiple of window ({cfg.window})")
+    if cfg.dmd_steps and (cfg.rollout_frames % cfg.window or cfg.prefix_frames % cfg.window
+                          or cfg.rollout_frames < 1 or cfg.prefix_frames < 0):
+        raise InputError(f"rollout_frames ({cfg.rollout_frames}) and prefix_frames ({cfg.prefix_frames}) must be "
+                         f"multiples of window ({cfg.window}), rollout_frames at least one")
+    score = cfg.score_frames or cfg.window
+    if cfg.dmd_steps and (score < 1 or cfg.rollout_frames % score):
+        raise InputError(f"score_frames ({cfg.score_frames}) must divide rollout_frames ({cfg.rollout_frames})")
+    if not 0 <= cfg.stale_sink <= 1 or cfg.guidance <= 0:
+        raise InputError(f"need 0 <= stale_sink <= 1 and guidance > 0; got stale_sink={cfg.stale_sink} "
+                         f"guidance={cfg.guidance}")
     if not 0 <= cfg.framewise_fraction <= 1 or not 0 < cfg.t_min < cfg.t_max < 1:
         raise InputError("need 0 <= framewise_fraction <= 1 and 0 < t_min < t_max < 1")
     if not (cfg.ode_steps or cfg.dmd_steps):
@@ -120,7 +137,14 @@ class Distiller(TrainingRun):
         self.train_ids, self.val_ids = held_out_split(self.recording, self.meta)
         self.change_strength = float(info.train_config.get("change_weight", 0.0))
         self.clip_len = info.clip_len
-        frames = cfg.start_frames + max(cfg.rollout_frames + cfg.window - 1, cfg.window)
+        self.score_frames = cfg.score_frames or cfg.window
+        if cfg.dmd_steps and self.score_frames >= self.clip_len:
+            raise InputError(f"score_frames ({self.score_frames}) must be shorter than the teacher's clips "
+                             f"({self.clip_len} frames): the scores see them after real context frames")
+        if cfg.guidance != 1 and not self.teacher_model.denoiser.net.cfg.null_action:
+            raise InputError(f"guidance={cfg.guidance} needs a teacher trained with action_dropout > 0 (this one "
+                             f"has no null action); leave guidance=1")
+        frames = cfg.start_frames + cfg.prefix_frames + max(cfg.rollout_frames + cfg.window - 1, cfg.window)
         self.clips = ClipDataset(self.recording, frames + 1, episodes=self.train_ids)  # + 1: causing actions
 
     def _build(self):
@@ -159,9 +183,16 @@ class Distiller(TrainingRun):
         return {"opt_ode": self.opt_ode, "opt_student": self.opt_student, "opt_critic": self.opt_critic}
 
     # -- data -------------------------------------------------------------------------------------------------------
-    def _batch(self, rng: np.random.Generator, batch: int):
-        """Latents of ``batch`` recorded clips [B, L, C, h, w] and the action that produced each frame [B, L, A]."""
-        frames, actions = with_causing_actions(*self.clips.sample_batch(rng, batch))
+    def _batch(self, rng: np.random.Generator, batch: int, stale_sink: float = 0.0):
+        """Latents of ``batch`` recorded clips [B, L, C, h, w] and the action that produced each frame [B, L, A];
+        with ``stale_sink``, that share of the clips has its first frame (a rollout's sink) replaced by a frame
+        from earlier in its episode."""
+        ids = self.clips.draw(rng, batch)
+        frames, actions = with_causing_actions(*self.clips.stack(ids))
+        if stale_sink > 0:
+            for b, i in enumerate(ids):
+                if rng.random() < stale_sink:
+                    frames[b, 0] = self.clips.earlier_frame(i, rng)
         with torch.no_grad():
             x0 = self.teacher_model.codec.encode(torch.from_numpy(frames).to(self.device))
         return x0, torch.from_numpy(actions).to(self.device)
@@ -234,18 +265,29 @@ class Distiller(TrainingRun):
 
     # -- phase 3: DMD ---------------------------------------------------------------------------------------------------
     def _rollout_inputs(self, rng: np.random.Generator):
+        """(start latents [B, S, ...], actions of the clip [B, L, A], mode, prefix frames) of a rollout."""
         cfg = self.cfg
-        x0, actions = self._batch(rng, cfg.batch)
+        x0, actions = self._batch(rng, cfg.batch, cfg.stale_sink)
         mode = "framewise" if rng.random() < cfg.framewise_fraction else "rolling"
-        return x0[:, :cfg.start_frames], actions, mode
+        prefix = cfg.window * int(rng.integers(cfg.prefix_frames // cfg.window + 1)) if cfg.prefix_frames else 0
+        return x0[:, :cfg.start_frames], actions, mode, prefix
 
-    def _blocks(self, start, actions, result, frames):
-        """Score clips of the rollout's frames (``frames``: with or without gradient)."""
-        S = self.cfg.start_frames
+    def _rollout(self, rng, g, with_grad: bool):
+        """The student's rollout of a step: ``prefix`` frames without gradient, then ``rollout_frames`` whose
+        predictions in their gradient windows (a random offset) are scored. Returns (score clips, stats)."""
+        cfg = self.cfg
+        start, actions, mode, prefix = self._rollout_inputs(rng)
+        offset = int(rng.integers(cfg.window))
+        n = prefix + cfg.rollout_frames
+        with torch.set_grad_enabled(with_grad):
+            result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
+                start, actions[:, cfg.start_frames:], n, g, grad_offset=offset, grad_from=prefix)
+        S = cfg.start_frames
         context = torch.cat([start, result.frames], 1)
-        n_ctx = min(S, self.clip_len - self.cfg.window)
-        return score_clips(context, actions[:, :S + self.cfg.rollout_frames], frames,
-                           actions[:, S:S + self.cfg.rollout_frames], self.cfg.window, n_ctx)
+        n_ctx = min(S + prefix, self.clip_len - self.score_frames)
+        clips = score_clips(context, actions[:, :S + n], result.outputs, actions[:, S + prefix:S + n],
+                            self.score_frames, n_ctx)
+        return clips, {"rollout_mode": mode, "offset": offset, "prefix": prefix}
 
     def critic_rollout(self, sub: int):
         """The student's rollout that critic step ``sub`` learns from, made as the student step makes its own (a
@@ -254,12 +296,7 @@ class Distiller(TrainingRun):
         1.0, 0.9, 0.75 or 0.5), not the emitted frames, which only the context shows."""
         cfg = self.cfg
         rng, g = step_generators(cfg.seed, self.rank, "critic", self.steps["dmd"], sub, self.device)
-        start, actions, mode = self._rollout_inputs(rng)
-        offset = int(rng.integers(cfg.window))
-        with torch.no_grad():
-            result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
-                start, actions[:, cfg.start_frames:], cfg.rollout_frames, g, grad_offset=offset)
-        return g, self._blocks(start, actions, result, result.outputs)
+        return g, self._rollout(rng, g, with_grad=False)[0]
 
     def critic_step(self, sub: int) -> float:
         cfg = self.cfg
@@ -273,15 +310,10 @@ class Distiller(TrainingRun):
         """One DMD step of the student on a fresh rollout with gradient windows; returns (loss, stats)."""
         cfg = self.cfg
         rng, g = step_generators(cfg.seed, self.rank, "student", self.steps["dmd"], device=self.device)
-        start, actions, mode = self._rollout_inputs(rng)
-        offset = int(rng.integers(cfg.window))
-        result = Rollout(self.student_den, self.levels, mode, cfg.sink, cfg.recent).run(
-            start, actions[:, cfg.start_frames:], cfg.rollout_frames, g, grad_offset=offset)
-        ctx, ctx_act, blk, blk_act = self._blocks(start, actions, result, result.outputs)
+        (ctx, ctx_act, blk, blk_act), rollout = self._rollout(rng, g, with_grad=True)
         loss, stats = dmd_loss(self.teacher, self.critic_den, ctx, ctx_act, blk, blk_act, self.dmd_shift,
-                               cfg.t_min, cfg.t_max, g)
-        stats["rollout_mode"] = mode
-        stats["offset"] = offset
+                               cfg.t_min, cfg.t_max, g, cfg.guidance)
+        stats.update(rollout)
         return loss, stats
 
     def dmd_step(self) -> dict:
@@ -293,6 +325,7 @@ class Distiller(TrainingRun):
         self.ema.update(self.steps["dmd"])
         self.steps["dmd"] += 1
         row = {"phase": "dmd", "step": self.steps["dmd"], "grad_norm": grad_norm,
+               "clipped": grad_norm > self.cfg.grad_clip,
                "critic_loss": float(np.mean(critic)) if critic else float("nan")}
         row.update({k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in stats.items()})
         return row

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from worldmodel.nn.attention import causal_mask
-from worldmodel.nn.flow import Denoiser, add_noise, change_weight, euler_step, shift_levels
+from worldmodel.nn.flow import Denoiser, add_noise, change_weight, drop_actions, euler_step, shift_levels
 from worldmodel.engine.kv_cache import cached_pass, start_cache
 
 
@@ -112,13 +112,21 @@ def _denoise_blocks(score: Denoiser, ctx, ctx_act, noisy, blk_act, t):
 
 
 def dmd_loss(teacher: Denoiser, critic: Denoiser, ctx, ctx_act, blocks, blk_act, shift: float, t_min: float,
-             t_max: float, generator) -> tuple[torch.Tensor, dict]:
-    """Distribution matching on the student's outputs ``blocks`` (with gradient): returns (loss, stats)."""
+             t_max: float, generator, guidance: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Distribution matching on the student's outputs ``blocks`` (with gradient): returns (loss, stats).
+
+    ``guidance`` != 1: the real score is guided by the action (classifier-free guidance: the teacher's prediction
+    without the clip's actions, moved ``guidance`` times the way its actions move it), so the student learns the
+    action's effect more strongly than the teacher shows it."""
     t = sample_dmd_levels(blocks.shape[0], shift, t_min, t_max, generator, blocks.device)
     eps = torch.randn(blocks.shape, generator=generator, device=blocks.device)
     with torch.no_grad():
         noisy = add_noise(blocks.detach(), eps, t[:, None])
         real = _denoise_blocks(teacher, ctx, ctx_act, noisy, blk_act, t)
+        if guidance != 1:
+            none = torch.ones(ctx.shape[0], dtype=torch.bool, device=ctx.device)
+            free = _denoise_blocks(teacher, ctx, drop_actions(ctx_act, none), noisy, drop_actions(blk_act, none), t)
+            real = free + guidance * (real - free)
         fake = _denoise_blocks(critic, ctx, ctx_act, noisy, blk_act, t)
         normaliser = (blocks.detach() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True).clamp(min=1e-6)
         grad = (fake - real) / normaliser

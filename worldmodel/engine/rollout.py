@@ -25,14 +25,17 @@ from worldmodel.engine.window import RollingWindow
 from worldmodel.nn.flow import Denoiser
 
 
-def gradient_windows(n_frames: int, window: int, offset: int) -> list[tuple[int, int, int]]:
+def gradient_windows(n_frames: int, window: int, offset: int, first_frame: int = 0) -> list[tuple[int, int, int]]:
     """The ticks whose passes carry gradient for a rollout of ``n_frames`` emitted frames: a list of
-    ``(tick, first frame, end frame)`` whose frame ranges ``[first, end)`` tile ``[0, n_frames)`` exactly once."""
+    ``(tick, first frame, end frame)`` whose frame ranges ``[first, end)`` tile ``[first_frame, n_frames)`` exactly
+    once (the frames before ``first_frame``, a prefix generated without gradient, get none)."""
     if not 0 <= offset < window:
         raise ValueError(f"offset must lie in [0, {window}), got {offset}")
+    if not 0 <= first_frame < n_frames:
+        raise ValueError(f"first_frame must lie in [0, {n_frames}), got {first_frame}")
     out = []
-    for tick in range(offset, n_frames + window - 1, window):
-        first, end = max(0, tick - window + 1), min(tick, n_frames - 1) + 1
+    for tick in range(first_frame + offset, n_frames + window - 1, window):
+        first, end = max(first_frame, tick - window + 1), min(tick, n_frames - 1) + 1
         if first < end:
             out.append((tick, first, end))
     return out
@@ -41,8 +44,9 @@ def gradient_windows(n_frames: int, window: int, offset: int) -> list[tuple[int,
 @dataclass
 class RolloutResult:
     frames: torch.Tensor  # [B, N, C, h, w] the emitted clean latents (detached)
-    outputs: torch.Tensor | None  # [B, N, C, h, w] each frame's prediction in its gradient window (or None)
-    levels: torch.Tensor | None  # [N] the level each output was predicted from
+    outputs: torch.Tensor | None  # [B, N - F, C, h, w] the prediction of each frame from F = grad_from on, in
+    #                               its gradient window (or None)
+    levels: torch.Tensor | None  # [N - F] the level each output was predicted from
 
 
 class Rollout:
@@ -65,11 +69,13 @@ class Rollout:
         return self.window - 1 if self.mode != "framewise" else 0
 
     def run(self, start: torch.Tensor, actions: torch.Tensor, n_frames: int, generator: torch.Generator,
-            grad_offset: int | None = None) -> RolloutResult:
+            grad_offset: int | None = None, grad_from: int = 0) -> RolloutResult:
         """Generate ``n_frames`` frames after the clean start latents ``start`` [B, S, C, h, w].
 
         ``actions`` [B, n_frames + lookahead, A]: the action of each generated frame. ``grad_offset``: None for
-        a rollout without gradient, else the offset of the gradient windows (see the module docstring).
+        a rollout without gradient, else the offset of the gradient windows (see the module docstring), which
+        cover frames ``grad_from`` on: the frames before are a prefix generated without gradient, so that the
+        graded frames follow a long self-generated history (the official ``start_gradient_frame_index``).
         """
         if actions.shape[1] < n_frames + self.lookahead:
             raise ValueError(f"need {n_frames + self.lookahead} actions, got {actions.shape[1]}")
@@ -77,7 +83,7 @@ class Rollout:
         cache = start_cache(self.denoiser, start, actions.shape[-1], self.sink, self.recent)
         window = RollingWindow(self.denoiser, cache, self.levels, (net.channels, net.height, net.width), generator)
         grad = {} if grad_offset is None else {t: (a, b) for t, a, b in
-                                                gradient_windows(n_frames, self.window, grad_offset)}
+                                                gradient_windows(n_frames, self.window, grad_offset, grad_from)}
         frames, graded = [], []
         if self.mode == "framewise":
             exit_step = {j: tick - j for tick, (first, end) in grad.items() for j in range(first, end)}

@@ -26,21 +26,33 @@ def block_starts(n_frames: int, block: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, n_frames - block, max(2, count))})
 
 
+SNAPSHOT_SECONDS = (0, 1, 5, 30, 60, 300, 600)  # times of the session shown side by side with the real game
+
+
+def snapshot_frames(n_frames: int, fps: int, seconds=SNAPSHOT_SECONDS) -> tuple[tuple[float, int], ...]:
+    """(time in seconds, generated frame index) of each of ``seconds`` that falls inside a session of
+    ``n_frames``, then its last frame, shown as the session's end (600 s of a 10-minute session)."""
+    inside = [(float(t), int(round(t * fps))) for t in seconds if round(t * fps) < n_frames - 1]
+    return tuple(inside) + ((n_frames / fps, n_frames - 1),)
+
+
 @dataclass(frozen=True)
 class DriftPlan:
-    """A drift session: ``frames`` generated after ``start_frames`` real ones, and the blocks of ``block`` frames
-    Q scores, starting at ``starts`` (0: the first generated frame)."""
+    """A drift session: ``frames`` generated after ``start_frames`` real ones, the blocks of ``block`` frames
+    Q scores, starting at ``starts`` (0: the first generated frame), and the single frames ``snapshots`` (time,
+    frame index) shown beside the real game's."""
     frames: int
     block: int
     starts: tuple[int, ...]
     start_frames: int
     fps: int
+    snapshots: tuple[tuple[float, int], ...] = ()
 
     @classmethod
     def of(cls, minutes: float, fps: int, block_seconds: float = 5.0, blocks: int = 11,
            start_frames: int = 4) -> "DriftPlan":
         n, block = int(round(minutes * 60 * fps)), int(round(block_seconds * fps))
-        return cls(n, block, tuple(block_starts(n, block, blocks)), start_frames, fps)
+        return cls(n, block, tuple(block_starts(n, block, blocks)), start_frames, fps, snapshot_frames(n, fps))
 
     @property
     def real_frames(self) -> int:
@@ -51,7 +63,8 @@ class DriftPlan:
     def kept(self) -> set[int]:
         """Indices of the real session's frames that the model starts from or Q scores."""
         S = self.start_frames
-        return set(range(S)) | {S + s + i for s in self.starts for i in range(self.block)}
+        return (set(range(S)) | {S + s + i for s in self.starts for i in range(self.block)}
+                | {S + t for _, t in self.snapshots})
 
 
 def drift_session(em, plan: DriftPlan, actions: np.ndarray, real: dict, seed: int = 0, compile: bool = False,
@@ -59,9 +72,10 @@ def drift_session(em, plan: DriftPlan, actions: np.ndarray, real: dict, seed: in
     """The model ``em`` (``eval.model.EvalModel``) in the engine along a real session: ``actions``
     [plan.real_frames, A] as the game recorded them (row t held while real frame t was shown), ``real``
     {index: frame} holding at least ``plan.kept()``. Returns the frames Q is scored on: ``model`` and ``real``
-    uint8 [blocks, block frames, H, W, 3], and the blocks' start times in seconds."""
+    uint8 [blocks, block frames, H, W, 3], the blocks' start times in seconds, and the snapshots:
+    ``snapshot_seconds`` [K], ``snapshot_model`` and ``snapshot_real`` uint8 [K, H, W, 3]."""
     S, n, block = plan.start_frames, plan.frames, plan.block
-    want = {s + i for s in plan.starts for i in range(block)}  # generated frame indices Q scores
+    want = {s + i for s in plan.starts for i in range(block)} | {t for _, t in plan.snapshots}
     caused = causing_actions(actions)  # row t: the action that produced real frame t
     session = em.session(compile)
     session.reset(np.stack([real[i] for i in range(S)]), seed=seed)
@@ -74,7 +88,10 @@ def drift_session(em, plan: DriftPlan, actions: np.ndarray, real: dict, seed: in
             progress(100)
     return {"frames": n, "fps": plan.fps, "block_frames": block, "block_seconds": [s / plan.fps for s in plan.starts],
             "model": np.stack([np.stack([gen[s + i] for i in range(block)]) for s in plan.starts]),
-            "real": np.stack([np.stack([real[S + s + i] for i in range(block)]) for s in plan.starts])}
+            "real": np.stack([np.stack([real[S + s + i] for i in range(block)]) for s in plan.starts]),
+            "snapshot_seconds": np.array([t for t, _ in plan.snapshots], np.float64),
+            "snapshot_model": np.stack([gen[i] for _, i in plan.snapshots]),
+            "snapshot_real": np.stack([real[S + i] for _, i in plan.snapshots])}
 
 
 def through_codec(codec, frames: np.ndarray, batch: int = 256) -> np.ndarray:

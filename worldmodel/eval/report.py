@@ -23,6 +23,27 @@ def write_strip(path: Path, real: np.ndarray, generated: np.ndarray, horizons=(1
     Image.fromarray(_scaled(np.concatenate(rows, 0))).save(path)
 
 
+def write_time_strip(path: Path, seconds, rows: dict) -> None:
+    """Frames of a long session side by side: one row per source (``rows``: name -> uint8 [K, H, W, 3]), one
+    column per time in ``seconds`` [K], each labelled, 3x upscaled."""
+    from PIL import ImageDraw
+
+    tiles = [_scaled(np.concatenate(list(frames), 1)) for frames in rows.values()]
+    label_w, top, gap = 90, 16, 4
+    width, height = label_w + tiles[0].shape[1], top + sum(t.shape[0] + gap for t in tiles)
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    col = tiles[0].shape[1] // len(seconds)
+    for k, t in enumerate(seconds):
+        draw.text((label_w + k * col + 4, 2), f"{t:g} s", fill=(0, 0, 0))
+    y = top
+    for name, tile in zip(rows, tiles):
+        draw.text((4, y + tile.shape[0] // 2 - 6), name, fill=(0, 0, 0))
+        img.paste(Image.fromarray(tile), (label_w, y))
+        y += tile.shape[0] + gap
+    img.save(path)
+
+
 def write_frames(path: Path, shown: dict) -> None:
     """The real game and the model at the end of the first block and at the end of the session (left to right)."""
     order = ("real_first", "real_last", "model_first", "model_last")

@@ -34,6 +34,7 @@ class DiTConfig:
     action_dim: int = 2  # length of the action vector (from the data's ActionSpace)
     stack_prev: bool = True  # stack the previous input frame into each frame's patches
     residual: bool = False  # output = network + c_skip(prev level) * previous frame (needs stack_prev)
+    null_action: bool = False  # a learned embedding for "no action given" (a NaN action row; flow.drop_actions)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -84,9 +85,15 @@ class FrameConditioning(nn.Module):
         self.prev_sigma_mlp = nn.Sequential(nn.Linear(self.freq_dim, d), nn.SiLU(), nn.Linear(d, d)) \
             if cfg.stack_prev else None
         self.action_mlp = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.null_action = nn.Parameter(torch.zeros(d)) if cfg.null_action else None
 
     def forward(self, sigma, actions, prev_sigma=None):  # [B, T], [B, T, A], [B, T] -> [B, T, dim]
-        c = self.sigma_mlp(sinusoidal(sigma, self.freq_dim)) + self.action_mlp(actions)
+        if self.null_action is None:
+            act = self.action_mlp(actions)
+        else:  # a NaN row: no action given
+            missing = actions.isnan().any(-1, keepdim=True)
+            act = torch.where(missing, self.null_action, self.action_mlp(torch.nan_to_num(actions)))
+        c = self.sigma_mlp(sinusoidal(sigma, self.freq_dim)) + act
         if self.prev_sigma_mlp is not None:
             c = c + self.prev_sigma_mlp(sinusoidal(prev_sigma, self.freq_dim))
         return c

@@ -21,6 +21,7 @@ class NoiseSchedule:
     train_std: float = 1.0
     clean_context_prob: float = 0.3  # clips whose first frames are clean (teacher forcing of the context)
     shift: float = 3.0  # sampling-time shift of the levels toward noise (SD3/Wan style)
+    train_shift: float = 1.0  # the same shift applied to the training levels (1 = none: few levels above 0.9)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,7 +33,7 @@ class NoiseSchedule:
     def sample_train_levels(self, batch: int, frames: int, generator=None, device=None) -> torch.Tensor:
         """Independent noise level per frame (diffusion forcing) [B, T]; some clips get a clean context prefix."""
         z = torch.randn(batch, frames, generator=generator, device=device) * self.train_std + self.train_mean
-        s = torch.sigmoid(z)
+        s = shift_levels(torch.sigmoid(z), self.train_shift)
         clean = torch.rand(batch, generator=generator, device=device) < self.clean_context_prob
         cut = torch.randint(1, max(frames, 2), (batch,), generator=generator, device=device)
         prefix = torch.arange(frames, device=device)[None] < cut[:, None]
@@ -87,16 +88,27 @@ def change_weight(x0: torch.Tensor, strength: float, threshold: float = 0.05) ->
     return 1.0 + strength * moving
 
 
+def drop_actions(actions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``actions`` [B, T, A] with the clips where ``mask`` [B] is true marked "no action given" (a NaN row: the
+    network puts its learned null action there; ``DiTConfig.null_action``). Classifier-free guidance on the action
+    contrasts a model's predictions with and without them."""
+    return torch.where(mask[:, None, None], torch.full_like(actions, float("nan")), actions)
+
+
 def flow_matching_loss(denoiser: Denoiser, x0, actions, schedule: NoiseSchedule, attention: str = "causal",
-                       change_strength: float = 0.0, generator=None):
+                       change_strength: float = 0.0, generator=None, action_dropout: float = 0.0):
     """Diffusion-forcing flow-matching loss on a clip x0 [B, T, C, H, W] with actions [B, T, A].
 
     Each frame gets its own level; the loss is the weighted MSE between the predicted and the true clean frame
-    over frames that carry noise (clean context frames are inputs, not targets). Returns (loss, stats).
+    over frames that carry noise (clean context frames are inputs, not targets). With ``action_dropout`` that
+    share of the clips is trained without its actions (``drop_actions``), so the model also learns the
+    action-free prediction that guidance needs. Returns (loss, stats).
     """
     B, T = x0.shape[:2]
     s = schedule.sample_train_levels(B, T, generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if action_dropout > 0:
+        actions = drop_actions(actions, torch.rand(B, generator=generator, device=x0.device) < action_dropout)
     x_s = add_noise(x0, eps, s)
     mask = causal_mask(T, x0.device) if attention == "causal" else bidirectional_mask(T, x0.device)
     pred = denoiser(x_s, s, actions, frame_mask=mask)

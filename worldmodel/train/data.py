@@ -65,12 +65,27 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One clip drawn uniformly from all clips."""
-        return self[int(rng.integers(len(self)))]
+        return self[self.draw(rng, 1)[0]]
+
+    def draw(self, rng: np.random.Generator, batch: int) -> list[int]:
+        """The indices of ``batch`` clips drawn uniformly (one draw each, in order)."""
+        return [int(rng.integers(len(self))) for _ in range(batch)]
 
     def sample_batch(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """``batch`` uniform clips stacked: frames uint8 [B, L, H, W, 3], actions float32 [B, L, A]."""
-        clips = [self.sample(rng) for _ in range(batch)]
+        return self.stack(self.draw(rng, batch))
+
+    def stack(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Clips ``ids`` stacked: frames uint8 [B, L, H, W, 3], actions float32 [B, L, A]."""
+        clips = [self[i] for i in ids]
         return np.stack([c[0] for c in clips]), np.stack([c[1] for c in clips])
+
+    def earlier_frame(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """A frame uint8 [H, W, 3] of clip ``i``'s episode drawn uniformly from its first frame up to the clip's
+        start (the stale attention sink of a long session)."""
+        e, start = self.locate(i)
+        p = int(rng.integers(start + 1))
+        return self.episodes[e].frames(p, p + 1)[0]
 
 
 def split_episodes(recording: Recording, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:

@@ -55,6 +55,9 @@ class TrainConfig:
     residual: bool = False  # predict the change from the previous frame (see model.DiTConfig)
     change_weight: float = 10.0  # extra loss weight where frames change (0 = plain MSE)
     prediction: str = "x0"  # network output: x0 | v
+    train_shift: float = 3.0  # shift of the training levels toward noise (the sampler's 3: the rolling window's
+    #                           newest frames sit at levels 1.0 and 0.9; 1 = unshifted, 1.4 % of levels above 0.9)
+    action_dropout: float = 0.1  # clips trained without their actions (the null action, for action guidance)
     val_fraction: float = 0.1  # held-out episodes for validation
     val_every: int = 200  # steps between validation losses
     sample_every: int = 1000  # steps between sample grids (PNG)
@@ -130,15 +133,18 @@ class Trainer(TrainingRun):
         if init is None:
             self.model_cfg = DiTConfig(**{**MODELS[cfg.model], "channels": C, "height": h, "width": w,
                                           "patch": cfg.patch, "action_dim": self.recording.action_space.size,
-                                          "stack_prev": cfg.stack_prev, "residual": cfg.residual})
-            self.schedule = NoiseSchedule(prediction=cfg.prediction)
+                                          "stack_prev": cfg.stack_prev, "residual": cfg.residual,
+                                          "null_action": cfg.action_dropout > 0})
+            self.schedule = NoiseSchedule(prediction=cfg.prediction, train_shift=cfg.train_shift)
         else:
             self.model_cfg = DiTConfig.from_metadata(init.metadata["model"])
-            self.schedule = NoiseSchedule(**init.metadata["schedule"])
+            self.schedule = NoiseSchedule(**{**init.metadata["schedule"], "train_shift": cfg.train_shift})
             m = self.model_cfg
             if (m.channels, m.height, m.width) != (C, h, w):
                 raise InputError(f"{cfg.init} was trained on latents {m.channels}x{m.height}x{m.width}; the "
                                  f"frames of {cfg.data} give {C}x{h}x{w}")
+        # a network without a null action (a fine-tune of an older teacher) always sees its actions
+        self.action_dropout = cfg.action_dropout if self.model_cfg.null_action else 0.0
         torch.manual_seed(cfg.seed)
         self.net = DiT(self.model_cfg).to(self.device)
         self.ema = EMA(self.net, cfg.ema)
@@ -181,7 +187,7 @@ class Trainer(TrainingRun):
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss, stats = flow_matching_loss(self.denoiser, x0, actions, self.schedule, cfg.attention,
-                                             cfg.change_weight, generator=g)
+                                             cfg.change_weight, generator=g, action_dropout=self.action_dropout)
         grad_norm = optimizer_step(loss, self.net, self.opt, cfg.grad_clip)  # DDP averaged the gradients
         self.ema.update(self.step)
         self.step += 1
