@@ -4,7 +4,7 @@ The sections (``EvalConfig``) run in order; each is written to ``out/parts/<sect
 so a stopped evaluation loses at most the section it was in, and the same command resumes after the finished ones.
 The report (``report.md``, ``report.json``, PNG plots) is rewritten after every section. The measures live in
 ``worldmodel.eval`` (fidelity, drift, Q); the real games they are compared with are played here (``games.scripted``,
-``games.probes``), since the world model imports no game.
+``games.probes``), and their state readers (``games.readers``) handed in, since the world model imports no game.
 """
 from __future__ import annotations
 
@@ -107,16 +107,20 @@ def _bar(total: int, desc: str, show: bool):
     return tqdm(total=total, desc=desc, disable=not show, dynamic_ncols=True, mininterval=1.0)
 
 
-def _fidelity(em, rec, cfg, out: Path, show: bool) -> dict:
+def _fidelity(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+    from games.readers import reader_for
+    from worldmodel.eval.drift import through_codec
     from worldmodel.eval.fidelity import fidelity
     from worldmodel.eval.report import write_strip
     from worldmodel.train.data import held_out_episodes
 
     f = cfg.fidelity
     episodes = held_out_episodes(rec, em.model.metadata)
+    h, w = em.frame_size
     with _bar(f.starts + f.teacher_forced, "fidelity", show) as bar:
         result = fidelity(em, episodes, f.starts, f.horizon, f.teacher_forced, cfg.start_frames,
-                          cfg.seed, f.batch, progress=bar.update)
+                          cfg.seed, f.batch, progress=bar.update, reader=reader_for(game, w, h),
+                          codec_roundtrip=lambda frames: through_codec(em.model.codec, frames))
     samples = result.pop("samples")
     write_strip(out / "fidelity-samples.png", samples["real"], samples["generated"])
     result["episodes"] = [ep.index for ep in episodes]
@@ -313,7 +317,7 @@ def evaluate(cfg) -> Path:
         if section not in sections:
             continue
         if section == "fidelity":
-            result = _fidelity(em, rec, cfg, out, show)
+            result = _fidelity(em, rec, cfg, game, out, show)
         elif section == "drift":
             result = _drift(em, rec, cfg, game, out, show)
         elif section == "control":

@@ -70,6 +70,10 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
     # a random-weight model is far from the real game; repeating the last real frame is close at horizon 1
     assert fid["baselines"]["repeat_last"]["psnr"][0] > fid["psnr"][0] + 5
     assert fid["teacher_forced"]["starts"] == 4
+    # state error by horizon: random weights show no game state; the real frames through the codec show it all
+    st = fid["state"]
+    assert list(st) == ["model", "real_through_codec", "shuffled", "repeat_last"] and len(st["model"]["correct"]) == 8
+    assert np.mean(st["model"]["correct"]) < np.mean(st["real_through_codec"]["correct"]) - 0.5
     d = drift["drift"]
     assert drift["frames"] == 180 and len(drift["q"]["model"]) == 3
     # random weights leave the game at once; the real game never does
@@ -83,7 +87,8 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
         assert z["snapshot_seconds"].tolist() == [0.0, 1.0, 5.0, 6.0] and z["snapshot_model"].shape[0] == 4
         assert np.array_equal(z["snapshot_model"][-1], z["model"][-1][-1])  # the end is the last block's last frame
     md = (out / "report.md").read_text()
-    for needle in ("## Fidelity", "## Drift", "dDrift", "## Control", "## Speed", "data range 255"):
+    for needle in ("## Fidelity", "State error by horizon", "## Drift", "dDrift", "## Control", "## Speed",
+                   "data range 255"):
         assert needle in md
     # the same command again keeps every finished section
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.json") if p.name != "header.json"}

@@ -7,6 +7,12 @@ its horizon 1..H: PSNR (pooled: the PSNR of the mean squared error over the star
 episode's mean frame. **Teacher-forced** next-frame PSNR is horizon 1 from many more starts: always real history,
 one generated frame.
 
+Given a state reader (``games.readers``, passed in by ``rollingworld eval``), the same frames are also scored on the
+game state they show (``eval.state``: the ball, the score, the wall heights), beside three references read the same
+way: the real frames through the model's codec (the floor: the best the model could show), the real frames of
+another start at the same horizon (chance: a real-looking frame of the wrong moment) and the repeated last start
+frame.
+
 The one fidelity evaluator: ``rollingworld eval`` scores an ``eval.model.EvalModel`` (the engine's tick),
 ``rollingworld sample`` the teacher's many-step sampler (``engine.sampler.ManyStepSampler``). Any ``model`` with
 ``lookahead`` and ``generate(start, actions, n, seed)`` (see ``EvalModel.generate``) can be measured.
@@ -17,6 +23,7 @@ import numpy as np
 
 from games.data.errors import InputError
 from worldmodel.eval.metrics import mse_per_frame, pooled_psnr, ssim
+from worldmodel.eval.state import state_by_horizon
 from worldmodel.train.data import causing_actions
 
 DATA_RANGE = 255.0  # uint8 frames
@@ -58,14 +65,30 @@ def _summary(mse: list, ssim_: list) -> dict:
             "ssim": np.concatenate(ssim_).mean(0).tolist()}
 
 
+def _state(reader, codec_roundtrip, gen: np.ndarray, real: np.ndarray, last: np.ndarray) -> dict:
+    """State error by horizon of the model's frames gen [B, n, H, W, 3] and of the references on the same real
+    frames [B, n, H, W, 3]: the real frames through the codec (if ``codec_roundtrip`` is given), the real frames of the
+    next start (rolled along the starts: chance, as long as there are two starts), the last start frames
+    [B, 1, H, W, 3] repeated."""
+    sources = {"model": gen}
+    if codec_roundtrip is not None:
+        sources["real_through_codec"] = codec_roundtrip(real.reshape(-1, *real.shape[2:])).reshape(real.shape)
+    sources["shuffled"] = np.roll(real, 1, 0)
+    sources["repeat_last"] = np.repeat(last, real.shape[1], 1)
+    return {name: state_by_horizon(reader, frames, real) for name, frames in sources.items()}
+
+
 def fidelity(model, episodes, starts: int, horizon: int, teacher_forced: int, start_frames: int = 4,
-             seed: int = 0, batch: int = 8, progress=None) -> dict:
+             seed: int = 0, batch: int = 8, progress=None, reader=None, codec_roundtrip=None) -> dict:
     """PSNR / SSIM by horizon 1..``horizon`` over ``starts`` held-out starts, the baselines, and teacher-forced
     next-frame PSNR / SSIM over ``teacher_forced`` starts. ``progress(n)``: called after each batch. The result's
-    ``samples`` holds the first start's frames (start, real, generated) for a picture."""
+    ``samples`` holds the first start's frames (start, real, generated) for a picture. With a state ``reader``, the
+    result's ``state`` holds the state error by horizon (``_state``); ``codec_roundtrip``: frames [N, H, W, 3] ->
+    the same through the model's codec (``drift.through_codec``), for the floor."""
     rng = np.random.default_rng(seed)
     look, S = model.lookahead, start_frames
     rows = {k: ([], []) for k in ("model", "repeat_last", "mean_frame")}  # name: (MSE rows, SSIM rows)
+    kept = ([], [], [])  # generated, real, last start frame for the state reader: chance needs the other starts
     samples = None
     picks = pick_starts(episodes, starts, S, horizon + look, rng)
     for b0 in range(0, len(picks), batch):
@@ -78,6 +101,9 @@ def fidelity(model, episodes, starts: int, horizon: int, teacher_forced: int, st
                              ("mean_frame", mean)):
             for into, score in zip(rows[name], _scores(frames, real)):
                 into.append(score)
+        if reader is not None:
+            for into, frames in zip(kept, (gen, real, start[:, -1:])):
+                into.append(frames)
         if samples is None:
             samples = {"start": start[0], "real": real[0], "generated": gen[0]}
         if progress:
@@ -93,11 +119,12 @@ def fidelity(model, episodes, starts: int, horizon: int, teacher_forced: int, st
             progress(len(chunk))
     model_scores = _summary(*rows["model"])
     teacher_forced_scores = _summary(*tf)
+    state = {"state": _state(reader, codec_roundtrip, *map(np.concatenate, kept))} if reader is not None else {}
     return {
         "starts": sum(len(x) for x in rows["model"][0]), "horizons": list(range(1, horizon + 1)),
         "data_range": int(DATA_RANGE), **model_scores,
         "baselines": {name: _summary(*rows[name]) for name in ("repeat_last", "mean_frame")},
         "teacher_forced": {"starts": sum(len(x) for x in tf[0]), "psnr": teacher_forced_scores["psnr"][0],
                            "ssim": teacher_forced_scores["ssim"][0]},
-        "samples": samples,
+        "samples": samples, **state,
     }

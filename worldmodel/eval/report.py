@@ -103,6 +103,31 @@ def _heading(title: str, part: dict) -> list[str]:
     return [f"## {title}", ""] + ([f"Skipped: {part['skipped']}.", ""] if "skipped" in part else [])
 
 
+STATE_SOURCES = {"model": "model", "real_through_codec": "codec floor", "shuffled": "shuffled",
+                 "repeat_last": "repeat-last"}
+
+
+def _state_table(state: dict) -> list[str]:
+    """The state error by horizon (``eval.state``): per horizon, the reader's first error field (its main one:
+    the ball's for pong, the wall heights' for the maze) and the share of correct frames, for the model and the
+    references read the same way."""
+    sources = [k for k in STATE_SOURCES if k in state]
+    main = next(iter(state["model"]))
+    n = len(state["model"][main])
+    lines = ["State error by horizon: the game state read from the pixels (`games/readers.py`) of each frame and of "
+             f"the real one; `{main}` and the share of frames whose state is correct (`correct`). References: the "
+             "real frames through the model's codec (the floor), the real frames of another start (chance), the "
+             "last start frame repeated. Every field is in report.json.", "",
+             "| horizon | " + " | ".join(f"{STATE_SOURCES[k]} {main.replace('_', ' ')} | {STATE_SOURCES[k]} correct"
+                                         for k in sources) + " |",
+             "|---:|" + "---:|---:|" * len(sources)]
+    for h in (1, 2, 4, 8, 16, 32, 64):
+        if h <= n:
+            lines.append(f"| {h} | " + " | ".join(f"{_fmt(state[k][main][h - 1])} | {_pct(state[k]['correct'][h - 1])}"
+                                                  for k in sources) + " |")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
     h = report["header"]
     lines = [f"# Evaluation of `{Path(h['ckpt']).name}`", "",
@@ -124,7 +149,10 @@ def markdown(report: dict) -> str:
                              f"{_fmt(b['mean_frame']['psnr'][i])} |")
         tf = fid["teacher_forced"]
         lines += ["", f"Teacher-forced next frame ({tf['starts']} starts, real history): PSNR {_fmt(tf['psnr'])} dB, "
-                      f"SSIM {_fmt(tf['ssim'], 3)}.", "", "![fidelity](fidelity.png)", "",
+                      f"SSIM {_fmt(tf['ssim'], 3)}.", ""]
+        if "state" in fid:
+            lines += _state_table(fid["state"])
+        lines += ["![fidelity](fidelity.png)", "",
                   "Real (top) and generated (bottom) at horizons 1, 4, 8, 16, 32, 64:", "",
                   "![samples](fidelity-samples.png)", ""]
     drift = report.get("drift")
