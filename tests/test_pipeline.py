@@ -162,6 +162,8 @@ def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
              (["+budget.distill.out=elsewhere"], ("budget.distill", "out", "pipeline")),
              (["budget.codec.type=vae"], ("budget.codec.type", "vae")),
              (["budget.teacher.clip_len=4"], ("clip_len", "window")),
+             (["budget.distill.score_frames=8", "budget.distill.rollout_frames=8", "budget.teacher.clip_len=8"],
+              ("clip_len", "score_frames")),
              (["budget.eval.drift.minutes=abc"], ("budget.eval.drift.minutes", "float")),
              (["+budget.eval.drift.minutez=1"], ("budget.eval", "drift.minutez")),
              (["+budget.eval.ckpt=other.safetensors"], ("budget.eval", "ckpt", "pipeline")),

@@ -235,9 +235,11 @@ def run(cfg, overrides=()) -> int:
         raise InputError(f"budget.distill: {e}") from None
     student = layout.shipped(distill.dmd_steps)
     evaluation = _eval_config(cfg, layout, student)
-    if teacher.clip_len <= distill.window:
-        raise InputError(f"budget.teacher.clip_len ({teacher.clip_len}) must be larger than budget.distill.window "
-                         f"({distill.window}): the student's window sees context frames the teacher was trained with")
+    scored = distill.score_frames or distill.window
+    if teacher.clip_len <= scored:
+        raise InputError(f"budget.teacher.clip_len ({teacher.clip_len}) must be larger than the frames the "
+                         f"distillation scores together ({scored}: budget.distill.score_frames, else window): the "
+                         f"teacher scores them after context frames, as it was trained")
 
     stages = [_record_stage(cfg, layout, record, skip=f"data= names the recording {data}" if cfg.data else ""),
               codec_stage(codec, skip=codec_skip), teacher_stage(teacher), distill_stage(distill),
