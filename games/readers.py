@@ -125,6 +125,13 @@ class PongReader:
         return PongState(self.paddle_y(frame, 0), self.paddle_y(frame, 1), self.ball(frame),
                          (self.digit(frame, 0), self.digit(frame, 1)))
 
+    def describe(self, frame: np.ndarray) -> dict:
+        """What a long session should keep showing, read from one frame: both paddles, the ball (not always in
+        play: between points it is gone), both score digits."""
+        st = self.read(frame)
+        return {"paddles_seen": st.player_y is not None and st.opponent_y is not None, "ball_seen": st.ball is not None,
+                "score_read": None not in st.score}
+
     def _off(self, a, b) -> float:
         """Pixels between two readings of a position (rows, or (x, y)), ``miss`` if only one was found."""
         if a is None or b is None:
@@ -190,6 +197,14 @@ class MazeReader:
         with np.errstate(invalid="ignore", divide="ignore"):
             colour = (frame * inside[..., None]).sum(0) / n[:, None]  # [W, 3], NaN where k = 0
         return MazeState(2.0 * k, colour)
+
+    def describe(self, frame: np.ndarray) -> dict:
+        """What a long session should keep showing, read from one frame: whether a wall fills the whole view (every
+        slice 60 rows or more of 64: the real game shows it when the player faces a wall; the maze students' failure
+        state is a view that stays so), and whether any ceiling and floor show at the horizon (a corridor)."""
+        h = self.read(frame).height
+        return {"wall_fills_view": bool((h >= 0.94 * self.height).all()),
+                "corridor_seen": bool((h <= 0.5 * self.height).any())}
 
     def compare(self, real: MazeState, generated: MazeState) -> dict:
         """``height_error`` (px, mean over columns), ``colour_error`` (RGB distance, mean over columns; ``miss_rgb``

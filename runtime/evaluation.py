@@ -175,8 +175,10 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
 
 
 def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+    from games.readers import reader_for
     from worldmodel.eval.drift import drift_scores, through_codec
     from worldmodel.eval.report import write_frames, write_time_strip
+    from worldmodel.eval.state import shown_per_block
     from worldmodel.eval.collapse import CollapseDetector
     from worldmodel.eval.quality import FrameQuality
 
@@ -193,6 +195,11 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
                           "real": [detector.collapsed(b) for b in session["real"]],
                           "real_through_codec": [detector.collapsed(through_codec(em.model.codec, b))
                                                  for b in session["real"]]}
+    reader = reader_for(game, *em.frame_size[::-1])
+    if reader is not None:  # what each block keeps showing, read from its frames (games/readers.py describe)
+        result["shown"] = {name: shown_per_block(reader, blocks) for name, blocks in
+                           (("model", session["model"]), ("real", session["real"]),
+                            ("real_through_codec", [through_codec(em.model.codec, b) for b in session["real"]]))}
     write_frames(out / "drift-frames.png", {"real_first": session["real"][0][-1], "real_last": session["real"][-1][-1],
                                             "model_first": session["model"][0][-1],
                                             "model_last": session["model"][-1][-1]})

@@ -78,6 +78,8 @@ def test_eval_writes_every_section_and_resumes_after_the_finished_ones(cli, tiny
     assert drift["frames"] == 180 and len(drift["q"]["model"]) == 3
     # random weights leave the game at once; the real game never does
     assert drift["collapse"]["model"] == [1.0, 1.0, 1.0] and max(drift["collapse"]["real"]) <= 0.05
+    # what the blocks show: the real game both paddles always; a random-weight model never
+    assert drift["shown"]["real"]["paddles_seen"] == [1.0] * 3 and drift["shown"]["model"]["paddles_seen"] == [0.0] * 3
     assert d["model"]["first"] > 10 * d["real"]["first"]  # random frames are far from real ones; real ones are not
     assert ctl["real_game"]["accuracy"] == 1.0 and ctl["model"]["n"] == 4 and ctl["latency_ticks"] == 4
     assert spd["frames"] == 200 and spd["fps"] > 0 and spd["mode"] == "rolling"

@@ -129,3 +129,26 @@ def test_state_by_horizon_averages_each_field_over_the_starts(pong):
 
 def test_games_without_a_reader_get_none():
     assert reader_for("gym:CartPole-v1") is None and isinstance(reader_for("maze", 96, 64), MazeReader)
+
+
+def test_describe_tells_a_view_filled_by_a_wall_from_the_games_own_views():
+    """The flags a long session is counted by: the real maze rarely fills the view with a wall, a flat field
+    always does; real pong frames show both paddles and both digits, a flat field none."""
+    from games.agents import make_agent
+    from games.readers import reader_for
+    from games.registry import make_game
+    from worldmodel.eval.state import shown_per_block
+
+    for name in ("maze", "pong"):
+        game, reader = make_game(name), reader_for(name)
+        agent = make_agent("heuristic", game, 0)
+        frames = [game.reset(0)]
+        for _ in range(199):
+            frames.append(game.step(agent.act()))
+        flat = np.full((40, 64, 64, 3), (90, 160, 120), np.uint8)
+        shown = shown_per_block(reader, np.stack([np.stack(frames), np.concatenate([flat] * 5)]))
+        if name == "maze":
+            assert shown["wall_fills_view"][0] < 0.5 and shown["wall_fills_view"][1] == 1.0
+            assert shown["corridor_seen"][0] > 0.5 and shown["corridor_seen"][1] == 0.0
+        else:
+            assert shown["paddles_seen"] == [1.0, 0.0] and shown["score_read"][0] > 0.9 and shown["score_read"][1] == 0

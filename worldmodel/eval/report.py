@@ -174,6 +174,13 @@ def markdown(report: dict) -> str:
                 lines += ["", "Collapsed frames (off the game's colours, or one colour over the frame) per block: "
                           + "; ".join(f"{name.replace('_', ' ')} " + " ".join(f"{100 * v:.0f}%" for v in shares)
                                       for name, shares in drift["collapse"].items()) + "."]
+            if "shown" in drift:  # what the blocks show, read by the game's state reader (games/readers.py)
+                lines += ["", "What each block shows (share of its frames, read from the pixels by the game's state "
+                          "reader):", "", "| frames | " + " | ".join(k.replace("_", " ") for k in drift["shown"]["model"])
+                          + " |", "|---|" + "---|" * len(drift["shown"]["model"])]
+                for name, flags in drift["shown"].items():
+                    lines.append(f"| {name.replace('_', ' ')} | " + " | ".join(
+                        " ".join(f"{100 * v:.0f}%" for v in shares) for shares in flags.values()) + " |")
             lines += ["", "![drift](drift.png)", "",
                       "Real game and model, end of the first block and end of the session:", "",
                       "![frames](drift-frames.png)", ""]

@@ -18,3 +18,15 @@ def state_by_horizon(reader, frames: np.ndarray, real: np.ndarray) -> dict[str, 
             for real_b, frames_b in zip(real, frames)]  # [B][n] of {field: value}
     return {name: np.round(np.mean([[float(c[name]) for c in row] for row in rows], 0), 4).tolist()
             for name in rows[0][0]}
+
+
+def shown_per_block(reader, blocks, every: int = 5) -> dict:
+    """For each block of a long session (``blocks``: uint8 [blocks, frames, H, W, 3]), the share of its frames (every
+    ``every``-th) for which each flag of ``reader.describe`` holds: {flag: [share per block]}. Over a long session
+    the model's frames cannot be matched to the real game's one by one, but what they show can be counted."""
+    shares: dict[str, list[float]] = {}
+    for block in blocks:
+        flags = [reader.describe(f) for f in block[::every]]
+        for key in flags[0]:
+            shares.setdefault(key, []).append(round(float(np.mean([f[key] for f in flags])), 4))
+    return shares
