@@ -10,7 +10,11 @@ resumable (``resume=true``) from the state saved in ``out``:
 3. **DMD** (``dmd_steps``): the student generates rollouts from its **own** history with the engine's rolling
    window, sink and ring (``rollout.Rollout``; ``rollout_frames`` longer than its attention span, so eviction
    and sink re-indexing happen), half rolling, half frame by frame (``framewise_fraction``). Gradient flows
-   only through non-overlapping windows picked by a random offset. A critic (the fake score, initialised from
+   only through non-overlapping windows picked by a random offset, over the last ``rollout_frames`` frames: a
+   prefix of up to ``prefix_frames`` frames before them is generated without gradient, so the student learns
+   where a session lives (a self-generated ring, an old sink); ``stale_sink`` takes the sink from earlier in
+   the episode. The graded frames are scored in clips of ``score_frames`` after the frames before them, and
+   ``guidance`` guides the real score by the action. A critic (the fake score, initialised from
    the teacher) learns flow matching on the student's outputs, ``critic_steps`` times per student step; the
    frozen teacher is the real score (``losses.dmd_loss``). AdamW with beta1 = 0 for both. Ships
    ``out/student.safetensors``: the EMA of the student.
