@@ -137,7 +137,7 @@ def test_one_dmd_step_changes_student_and_critic_and_keeps_them_finite(teacher, 
 
 def test_the_critic_learns_the_in_window_predictions_that_dmd_scores(teacher, tmp_path):
     """DMD scores each frame's clean prediction inside its gradient window (from level 1.0, 0.9, 0.75 or 0.5); the
-    critic must learn that distribution, not the emitted frames (issue 14, item 1)."""
+    critic must learn that distribution, not the emitted frames."""
     from worldmodel.distill.distiller import DistillConfig, Distiller
     from worldmodel.train.run import step_generators
 

@@ -54,6 +54,18 @@ def _file_bytes(tensors: dict, metadata: dict) -> int:
     return data + header
 
 
+def without_machine_paths(value):
+    """``value`` (metadata) with every absolute path cut to its last name: a shipped file says what it was made
+    from (names, sha256) without the folders of the machine that built it."""
+    if isinstance(value, dict):
+        return {k: without_machine_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(v) for v in value]
+    if isinstance(value, str) and value.startswith("/") and len(value) > 1:
+        return Path(value).name
+    return value
+
+
 def run(cfg) -> int:
     import torch
 
@@ -85,6 +97,7 @@ def run(cfg) -> int:
         "source": str(source.resolve()), "source_sha256": file_sha256(source), "dtype": cfg.dtype,
         "data": str(Path(cfg.data).resolve()), "game": rec.game, "start_episodes": episodes,
         "start_frames": length, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
+    meta = without_machine_paths(meta)
     size = _file_bytes(tensors, meta)
     if size >= cfg.max_mb * 1e6:
         raise InputError(f"{cfg.out} would be {size / 1e6:.1f} MB, more than max_mb={cfg.max_mb:g}: use a smaller "
