@@ -189,17 +189,14 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     real_clips = _reference_clips(rec, d.reference_frames)
     clips = [through_codec(em.model.codec, c) for c in real_clips] if d.reference == "codec" else real_clips
     quality = FrameQuality(clips)
-    result = drift_scores(quality, session, em.model.codec)
+    blocks = {"model": session["model"], "real": session["real"],
+              "real_through_codec": [through_codec(em.model.codec, b) for b in session["real"]]}
+    result = drift_scores(quality, blocks)
     detector = CollapseDetector(np.concatenate(real_clips))  # the game's own colours, not the codec's
-    result["collapse"] = {"model": [detector.collapsed(b) for b in session["model"]],
-                          "real": [detector.collapsed(b) for b in session["real"]],
-                          "real_through_codec": [detector.collapsed(through_codec(em.model.codec, b))
-                                                 for b in session["real"]]}
+    result["collapse"] = {name: [detector.collapsed(b) for b in frames] for name, frames in blocks.items()}
     reader = reader_for(game, *em.frame_size[::-1])
     if reader is not None:  # what each block keeps showing, read from its frames (games/readers.py describe)
-        result["shown"] = {name: shown_per_block(reader, blocks) for name, blocks in
-                           (("model", session["model"]), ("real", session["real"]),
-                            ("real_through_codec", [through_codec(em.model.codec, b) for b in session["real"]]))}
+        result["shown"] = {name: shown_per_block(reader, frames) for name, frames in blocks.items()}
     write_frames(out / "drift-frames.png", {"real_first": session["real"][0][-1], "real_last": session["real"][-1][-1],
                                             "model_first": session["model"][0][-1],
                                             "model_last": session["model"][-1][-1]})

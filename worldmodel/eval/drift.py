@@ -101,12 +101,10 @@ def through_codec(codec, frames: np.ndarray, batch: int = 256) -> np.ndarray:
                                .numpy() for i in range(0, len(frames), batch)])
 
 
-def drift_scores(quality, session: dict, codec) -> dict:
-    """Q of every block of a ``drift_session`` for the model, the real game and the real game through the codec;
-    dDrift = Q(last block) - Q(first block) of each, and the spread (standard deviation) of Q over the blocks: a
-    dDrift inside the spread is noise, not drift."""
-    curves = {"model": [quality.score(b) for b in session["model"]],
-              "real": [quality.score(b) for b in session["real"]],
-              "real_through_codec": [quality.score(through_codec(codec, b)) for b in session["real"]]}
+def drift_scores(quality, blocks: dict) -> dict:
+    """Q of every block of each kind of frames in ``blocks`` (name -> blocks: the model's, the real game's and the
+    real game's through the codec); dDrift = Q(last block) - Q(first block) of each, and the spread (standard
+    deviation) of Q over the blocks: a dDrift inside the spread is noise, not drift."""
+    curves = {name: [quality.score(b) for b in frames] for name, frames in blocks.items()}
     return {"q": curves, "drift": {k: {"first": v[0], "last": v[-1], "ddrift": v[-1] - v[0],
                                        "spread": float(np.std(v))} for k, v in curves.items()}}
