@@ -123,7 +123,7 @@ def _fidelity(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
                           codec_roundtrip=lambda frames: through_codec(em.model.codec, frames))
     samples = result.pop("samples")
     write_strip(out / "fidelity-samples.png", samples["real"], samples["generated"])
-    result["episodes"] = [ep.index for ep in episodes]
+    result["episodes"] = [ep.name for ep in episodes]  # whole episodes, or stretches "ep_000000[a:b]"
     return result
 
 

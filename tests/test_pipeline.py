@@ -154,6 +154,25 @@ def test_fine_tune_from_a_recording_and_a_teacher(smoke, capsys, tmp_path):
     assert meta["codec"] == load_checkpoint(init).metadata["codec"]
 
 
+def test_one_long_episode_trains_and_is_scored_on_stretches_it_never_saw(capsys, tmp_path):
+    from games.data.recording import Recording
+    from worldmodel.checkpoint import load_checkpoint
+    from worldmodel.train.data import held_out_split
+
+    out = tmp_path / "one"
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}", "budget.record.episodes=1", "budget.record.frames=400",
+                            "budget.eval.sections=[fidelity]")
+    assert code == 0, stdout
+    student = load_checkpoint(out / "distill" / "student.safetensors")
+    train, held = held_out_split(Recording(out / "data"), student.metadata)
+    assert len(held) == 1 and held[0].length == 128 and all(s.index == 0 for s in train)
+    assert report_of(out)["fidelity"]["episodes"] == [held[0].name] == [f"ep_000000[{held[0].start}:{held[0].stop}]"]
+    teacher = json.loads((out / "teacher" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(teacher["val_loss"])  # validated on the held-out stretch
+    codec = load_checkpoint(out / "codec" / "codec.safetensors").metadata["provenance"]["held_out"]
+    assert np.isfinite(codec["psnr"])
+
+
 def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
     cases = [(["budget=huge"], ("budget/huge", "smoke")),
              (["game=tetris"], ("tetris", "pong")),

@@ -374,7 +374,7 @@ def test_bad_folders_and_settings_are_one_line_errors(tmp_path):
 
 def test_clip_dataset_indexes_every_clip_inside_episodes(tmp_path):
     import torch.utils.data
-    from worldmodel.train.data import ClipDataset, split_episodes
+    from worldmodel.train.data import ClipDataset, split_recording
     refs = [write_episode(tmp_path, n, seed=i) for i, n in enumerate([21, 13, 5, 9])]
     ds = ClipDataset(tmp_path, clip_len=8)
     assert len(ds) == 14 + 6 + 0 + 2  # episode 2 is shorter than a clip
@@ -391,11 +391,67 @@ def test_clip_dataset_indexes_every_clip_inside_episodes(tmp_path):
     frames, actions = ds.sample_batch(np.random.default_rng(0), 5)
     assert frames.shape == (5, 8, SIZE, SIZE, 3) and actions.shape == (5, 8, 6)
 
-    train, val = split_episodes(ds.recording, 0.25, seed=0)
-    assert len(val) == 1 and sorted(train + val) == [0, 1, 2, 3] and split_episodes(ds.recording, 0.25, 0) == (
-        train, val)
+    train, val = split_recording(ds.recording, 0.25, seed=0)  # 4 x 0.25 = one whole episode held out
+    assert len(val) == 1 and sorted(s.index for s in train + val) == [0, 1, 2, 3]
+    assert all(s.start == 0 and s.length == ds.recording[s.index].length for s in train + val)
+    assert split_recording(ds.recording, 0.25, 0) == (train, val)
     held_out = ClipDataset(tmp_path, clip_len=4, episodes=[1])
     assert len(held_out) == 10 and [e.index for e in held_out.episodes] == [1]
     loader = torch.utils.data.DataLoader(ds, batch_size=4, shuffle=True, num_workers=1)  # a forked worker
     batch_frames, batch_actions = next(iter(loader))
     assert batch_frames.shape == (4, 8, SIZE, SIZE, 3) and batch_actions.dtype == torch.float32
+
+
+def test_one_long_episode_is_held_out_by_time_in_whole_stretches_with_a_gap(tmp_path):
+    from worldmodel.train.data import SPLIT_GAP, ClipDataset, Stretch, split_recording
+    ref = write_episode(tmp_path, 13000, chunk_frames=512)
+    rec = Recording(tmp_path)
+    train, val = split_recording(rec, 0.1, seed=0)
+    assert split_recording(rec, 0.1, seed=0) == (train, val) and split_recording(rec, 0.1, seed=1) != (train, val)
+    assert len(val) == 2 and [s.length for s in val] == [650, 650]  # 1,300 frames in stretches of ~600
+    assert val[0].name == f"ep_000000[{val[0].start}:{val[0].stop}]"
+    owner = np.zeros(13000, int)  # 1 train, 2 held out, 0 neither
+    for s in train:
+        owner[s.start:s.stop] += 1
+    for s in val:
+        owner[s.start:s.stop] += 2
+    assert set(np.unique(owner)) == {0, 1, 2}  # no frame on both sides
+    assert (owner == 0).sum() == 4 * SPLIT_GAP  # a gap on both sides of each held-out stretch, nothing else lost
+    for s in val:
+        assert (owner[s.start - SPLIT_GAP:s.start] == 0).all() and (owner[s.stop:s.stop + SPLIT_GAP] == 0).all()
+    assert val[0].stop < 6500 <= val[1].start  # one stretch in each half of the episode, not all at the end
+    # a stretch reads like an episode, counting from its own start
+    np.testing.assert_array_equal(val[1].frames(3, 7), ref[0][val[1].start + 3:val[1].start + 7])
+    np.testing.assert_array_equal(val[1].actions(), ref[1][val[1].start:val[1].stop])
+    with pytest.raises(IndexError):
+        val[1].frames(0, 651)
+    # training clips come only from the training stretches
+    clips = ClipDataset(rec, 16, episodes=train)
+    for i in range(0, len(clips), 97):
+        e, start = clips.locate(i)
+        first = clips.episodes[e].start + start
+        assert (owner[first:first + 16] == 1).all()
+    assert Stretch(rec[0]).name == "ep_000000"
+    # the rule of older checkpoints: whole episodes only, so one episode cannot be split
+    with pytest.raises(RecordingError, match="at least 2"):
+        split_recording(rec, 0.1, gap=None)
+    assert split_recording(rec, 0.0) == ([Stretch(rec[0])], [])
+
+
+def test_few_episodes_are_each_cut_by_time_many_are_held_out_whole(tmp_path):
+    from worldmodel.train.data import split_recording
+    for i in range(3):
+        write_episode(tmp_path, 400, seed=i, chunk_frames=64)
+    rec = Recording(tmp_path)
+    train, val = split_recording(rec, 0.1)  # 3 x 0.1 < 1 episode: a stretch inside each, of at least 128 frames
+    assert [s.index for s in val] == [0, 1, 2] and all(s.length == 128 for s in val)
+    gaps = sum(min(64, s.start) + min(64, 400 - s.stop) for s in val)  # a gap never reaches past the episode
+    assert sum(s.length for s in train) == 3 * (400 - 128) - gaps
+    whole = split_recording(rec, 0.34)[1]  # 3 x 0.34 >= 1: one whole episode
+    assert len(whole) == 1 and whole[0].length == 400
+    write_episode(tmp_path / "short", 64)
+    write_episode(tmp_path / "short", 64, seed=1)
+    assert [s.length for s in split_recording(Recording(tmp_path / "short"), 0.1)[1]] == [64]  # too short to cut
+    write_episode(tmp_path / "tiny", 383)
+    with pytest.raises(RecordingError, match="384 frames"):
+        split_recording(Recording(tmp_path / "tiny"), 0.1)

@@ -30,9 +30,10 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class DataSplit:
-    """The teacher's held-out episodes, as its training drew them (``train.data.split_episodes``)."""
+    """The teacher's held-out data, as its training drew it (``train.data.split_recording``)."""
     val_fraction: float = 0.1
     seed: int = 0
+    gap: int | None = None  # frames between training and held-out stretches; None: older teachers (whole episodes)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class ModelInfo:
             fps=frame.get("fps", 30),
             engine=None if engine is None else EngineSettings.from_dict(engine),
             split=DataSplit(float(tcfg.get("val_fraction", DataSplit.val_fraction)),
-                            int(tcfg.get("seed", DataSplit.seed))),
+                            int(tcfg.get("seed", DataSplit.seed)),
+                            None if tcfg.get("split_gap") is None else int(tcfg["split_gap"])),
             attention=str(meta.get("attention", "causal")), step=int(meta.get("step", 0)),
             train_config=dict(tcfg), distill=dict(meta.get("distill") or {}), raw=meta)

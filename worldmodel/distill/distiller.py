@@ -138,7 +138,7 @@ class Distiller(TrainingRun):
         check_action_space(self.meta, self.recording.action_space)
         info = self.teacher_model.info
         # the teacher's own split: episodes it held out stay held out for the student too
-        self.train_ids, self.val_ids = held_out_split(self.recording, self.meta)
+        self.train_part, self.held_out = held_out_split(self.recording, self.meta)
         self.change_strength = float(info.train_config.get("change_weight", 0.0))
         self.clip_len = info.clip_len
         self.score_frames = cfg.score_frames or cfg.window
@@ -149,7 +149,7 @@ class Distiller(TrainingRun):
             raise InputError(f"guidance={cfg.guidance} needs a teacher trained with action_dropout > 0 (this one "
                              f"has no null action); leave guidance=1")
         frames = cfg.start_frames + cfg.prefix_frames + max(cfg.rollout_frames + cfg.window - 1, cfg.window)
-        self.clips = ClipDataset(self.recording, frames + 1, episodes=self.train_ids)  # + 1: causing actions
+        self.clips = ClipDataset(self.recording, frames + 1, episodes=self.train_part)  # + 1: causing actions
 
     def _build(self):
         cfg, teacher = self.cfg, self.teacher_model.denoiser
@@ -177,7 +177,7 @@ class Distiller(TrainingRun):
         extra = self.folder.load_state(self._modules(), self._optimizers())
         if extra is not None:
             self.steps, self.history = dict(extra["steps"]), list(extra.get("history", []))
-        self.report = DistillReport(self.out, self.recording, self.teacher_model.codec, self.val_ids,
+        self.report = DistillReport(self.out, self.recording, self.teacher_model.codec, self.held_out,
                                     cfg.start_frames) if self.rank == 0 else None
 
     def _modules(self) -> dict:

@@ -17,11 +17,10 @@ class DistillReport:
     """Writes ``samples/step-N.mp4`` (real | student, rolling window, from a held-out start with the recorded
     actions), ``samples.jsonl`` (PSNR of those frames by horizon), ``metrics.jsonl`` and ``loss.png``."""
 
-    def __init__(self, out: Path, recording, codec, val_ids: list[int], start_frames: int, frames: int = 64):
+    def __init__(self, out: Path, recording, codec, held_out: list, start_frames: int, frames: int = 64):
         self.out, self.codec, self.start_frames = Path(out), codec, start_frames
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
-        ids = list(val_ids) or list(range(len(recording)))
-        ep = max((recording[i] for i in ids), key=lambda e: e.length)
+        ep = max(list(held_out) or list(recording), key=lambda e: e.length)  # the longest held-out stretch
         n = min(frames, ep.length - start_frames - 8)
         self.clip = None
         if n >= 8:

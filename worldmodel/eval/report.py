@@ -136,9 +136,9 @@ def markdown(report: dict) -> str:
     fid = report.get("fidelity")
     if fid:
         lines += ["## Fidelity against the real game", "",
-                  f"{fid['starts']} starts in held-out episodes {fid['episodes']}, the recorded actions; PSNR of the "
-                  f"pooled MSE and mean SSIM, data range {fid['data_range']}. Baselines: repeat the last start frame; "
-                  "the episode's mean frame.", "",
+                  f"{fid['starts']} starts in the held-out {', '.join(map(str, fid['episodes']))}, the recorded "
+                  f"actions; PSNR of the pooled MSE and mean SSIM, data range {fid['data_range']}. Baselines: "
+                  "repeat the last start frame; the episode's mean frame.", "",
                   "| horizon | PSNR | SSIM | repeat-last PSNR | repeat-last SSIM | mean-frame PSNR |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for h_ in (1, 2, 4, 8, 16, 32, 64):

@@ -321,14 +321,13 @@ def measure(data: str, config: dict, seconds: float, batch: int = 8, lr: float =
     """Train the codec of ``config`` on pairs of consecutive frames of the recording ``data`` (``batch`` pairs a
     step) for ``seconds`` of wall time (AdamW, warm-up then cosine decay over the time budget), calibrate its
     latents on training frames, and evaluate every ``eval_stride``-th frame of the held-out episodes."""
-    from worldmodel.train.data import ClipDataset, split_episodes
+    from worldmodel.train.data import ClipDataset, split_recording
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_ds = ClipDataset(data, 2)
-    train_ids, val_ids = split_episodes(train_ds.recording, val_fraction, seed)
-    train_ds = ClipDataset(train_ds.recording, 2, episodes=train_ids)
-    val = torch.from_numpy(np.concatenate([ep.frames(0, ep.length)[::eval_stride]
-                                           for ep in ClipDataset(train_ds.recording, 1, val_ids).episodes]))
+    train, held = split_recording(train_ds.recording, val_fraction, seed)
+    train_ds = ClipDataset(train_ds.recording, 2, episodes=train)
+    val = torch.from_numpy(np.concatenate([s.frames()[::eval_stride] for s in held]))
     codec = make_codec(config)
     opt = torch.optim.AdamW(codec.parameters(), lr=lr, weight_decay=0.0)
     warmup, step, t0 = 100, 0, time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 from games.data.errors import InputError
 from games.data.recording import Recording
 from worldmodel.nn.codec import ConvAutoencoder, evaluate
-from worldmodel.train.data import ClipDataset, split_episodes
+from worldmodel.train.data import ClipDataset, split_recording
 from worldmodel.train.run import Cadence, Deadline, RunFolder, optimizer_step, step_generators, warmup_lr
 
 
@@ -36,7 +36,8 @@ class CodecTrainConfig:
     steps: int = 0  # optimizer steps (0 = until the time budget ends)
     minutes: float = 0.0  # time budget of this invocation
     checkpoint_minutes: float = 3.0
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # held out as the teacher's (split_recording), for the reconstruction scores
+    split_gap: int = 64
     threads: int = 0
     seed: int = 0
     resume: bool = False
@@ -58,9 +59,9 @@ def train_codec(cfg: CodecTrainConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rec = Recording(cfg.data)
-    train_ids, val_ids = split_episodes(rec, cfg.val_fraction, seed=cfg.seed)
-    pairs = ClipDataset(rec, 2, episodes=train_ids)
-    val_frames = torch.from_numpy(np.concatenate([rec[i].frames()[::4] for i in val_ids])) if val_ids else None
+    train, val = split_recording(rec, cfg.val_fraction, seed=cfg.seed, gap=cfg.split_gap)
+    pairs = ClipDataset(rec, 2, episodes=train)
+    val_frames = torch.from_numpy(np.concatenate([s.frames()[::4] for s in val])) if val else None
     torch.manual_seed(cfg.seed)
     codec = ConvAutoencoder(down=cfg.down, latent_channels=cfg.latent_channels, width=cfg.width, blocks=cfg.blocks)
     opt = torch.optim.AdamW(codec.parameters(), lr=cfg.lr, weight_decay=0.0)

@@ -4,9 +4,10 @@
 dataset (clips never cross episodes; they may cross chunk files) and reads them memory-mapped: a random clip is two
 ``safe_open`` slices, tens of microseconds (``python -m worldmodel.train.data DIR`` measures it). It is a
 ``torch.utils.data.Dataset`` for a DataLoader and a sampler of its own (``sample``, ``sample_batch``) for training
-loops that want no worker processes. ``split_episodes`` holds whole episodes out for validation, so that no
-validation frame was seen in training; ``held_out_split`` recomputes a checkpoint's teacher's split for everyone
-downstream. ``causing_actions`` pairs each frame with the action that produced it (the model's convention).
+loops that want no worker processes; it takes whole episodes or ``Stretch``es of them. ``split_recording`` holds
+data out for validation, whole episodes when there are enough and stretches cut by time inside the episodes when
+there are not (one long recording), so that no validation frame was seen in training; ``held_out_split``
+recomputes a checkpoint's teacher's split for everyone downstream. ``causing_actions`` pairs each frame with the action that produced it (the model's convention).
 """
 from __future__ import annotations
 
@@ -22,27 +23,31 @@ from games.data.recording import Recording
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """All clips of ``clip_len`` frames of the chosen ``episodes`` (indices; default all) of the recording at
-    ``root`` (a folder or an open Recording). Item ``i`` is ``(frames uint8 [L, H, W, 3], actions float32 [L, A])``
-    where action ``t`` was held while frame ``t`` was shown (so frame ``t + 1`` follows from frame ``t`` and
-    action ``t``). Chunk files are opened lazily per process and re-opened after a fork (DataLoader workers)."""
+    """All clips of ``clip_len`` frames of the chosen ``episodes`` (indices or ``Stretch``es; default every whole
+    episode) of the recording at ``root`` (a folder or an open Recording). Item ``i`` is ``(frames uint8
+    [L, H, W, 3], actions float32 [L, A])`` where action ``t`` was held while frame ``t`` was shown (so frame
+    ``t + 1`` follows from frame ``t`` and action ``t``). Chunk files are opened lazily per process and re-opened after a fork (DataLoader workers)."""
 
     def __init__(self, root, clip_len: int, episodes=None):
         self.recording = root if isinstance(root, Recording) else Recording(root)
         if clip_len < 1:
             raise RecordingError(f"clip_len must be >= 1, got {clip_len}")
         self.clip_len = int(clip_len)
-        ids = range(len(self.recording)) if episodes is None else [int(i) for i in episodes]
-        for i in ids:
-            if not 0 <= i < len(self.recording):
+        chosen = []
+        for i in (range(len(self.recording)) if episodes is None else episodes):
+            if isinstance(i, Stretch):
+                chosen.append(i)
+                continue
+            if not 0 <= int(i) < len(self.recording):
                 raise RecordingError(f"{self.recording.root} has no episode {i} ({len(self.recording)} episodes)")
-        # Episodes shorter than a clip contribute nothing; incomplete episodes contribute their complete chunks.
-        self.episodes = [self.recording[i] for i in ids if self.recording[i].length >= clip_len]
+            chosen.append(self.recording[int(i)])
+        # Stretches shorter than a clip contribute nothing; incomplete episodes contribute their complete chunks.
+        self.episodes = [e for e in chosen if e.length >= clip_len]
         counts = np.array([e.length - clip_len + 1 for e in self.episodes], np.int64)  # clips per episode
         self._ends = np.cumsum(counts)  # clip i lives in the first episode whose end exceeds i
         if len(self) == 0:
             raise RecordingError(f"{self.recording.root}: no chosen episode has {clip_len} frames "
-                                 f"(lengths {[self.recording[i].length for i in ids]})")
+                                 f"(lengths {[e.length for e in chosen]})")
 
     @property
     def action_space(self):
@@ -88,41 +93,118 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.episodes[e].frames(p, p + 1)[0]
 
 
-def split_episodes(recording: Recording, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(train, val) episode indices: a seeded random ``val_fraction`` of the non-empty episodes (at least one if
-    the fraction is positive) is held out whole. Both lists are sorted."""
+SPLIT_GAP = 64  # frames left out of training on each side of a held-out stretch cut inside an episode (~2 s)
+STRETCH_FRAMES = 600  # about how long one held-out stretch cut inside an episode is (20 s at 30 fps)
+MIN_STRETCH = 128  # the shortest: room for the eval's starts (4 frames of context and 64 of horizon) and more
+
+
+class Stretch:
+    """Frames ``[start, stop)`` of one episode, read like an episode: ``frames``, ``actions`` and ``length`` count
+    from the stretch's own start. A whole episode is the stretch ``[0, length)``."""
+
+    def __init__(self, episode, start: int = 0, stop: int | None = None):
+        stop = episode.length if stop is None else int(stop)
+        if not 0 <= start <= stop <= episode.length:
+            raise RecordingError(f"{episode.name}: stretch [{start}, {stop}) outside [0, {episode.length})")
+        self.episode, self.start, self.stop = episode, int(start), stop
+        self.index, self.seed, self.agent = episode.index, episode.seed, episode.agent
+        self.length = stop - self.start
+        whole = self.start == 0 and stop == episode.length
+        self.name = episode.name if whole else f"{episode.name}[{self.start}:{stop}]"
+
+    def __repr__(self):
+        return f"Stretch({self.name}, {self.length} frames)"
+
+    def __eq__(self, other):
+        return isinstance(other, Stretch) and (self.index, self.start, self.stop) == (other.index, other.start,
+                                                                                       other.stop)
+
+    def __hash__(self):
+        return hash((self.index, self.start, self.stop))
+
+    def _range(self, start: int, stop: int | None) -> tuple[int, int]:
+        stop = self.length if stop is None else stop
+        if not 0 <= start <= stop <= self.length:
+            raise IndexError(f"{self.name}: frames [{start}, {stop}) outside [0, {self.length})")
+        return self.start + start, self.start + stop
+
+    def frames(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames ``[start, stop)`` of the stretch: uint8 [T, H, W, 3]."""
+        return self.episode.frames(*self._range(start, stop))
+
+    def actions(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Actions ``[start, stop)`` of the stretch (action ``t`` held while frame ``t`` was shown): float32 [T, A]."""
+        return self.episode.actions(*self._range(start, stop))
+
+
+def split_recording(recording: Recording, val_fraction: float, seed: int = 0,
+                    gap: int | None = SPLIT_GAP) -> tuple[list[Stretch], list[Stretch]]:
+    """(train, held-out) stretches of the non-empty episodes, about ``val_fraction`` of the frames held out.
+
+    With enough episodes (``val_fraction`` of them is at least one), a seeded random choice of whole episodes is
+    held out. With fewer (one long recording, a few episodes), every episode long enough is cut by time: a few
+    stretches of about ``STRETCH_FRAMES`` frames (at least ``MIN_STRETCH``, at most a third of the episode) spread
+    over it, one in each equal section at a seeded place, are held out whole, and ``gap`` frames on each side of
+    every held-out stretch belong to neither side, so that the frames next to a held-out start were not trained
+    on. Episodes too short to cut train whole; if none is long enough, whole episodes are held out after all.
+    ``gap=None`` is the rule of older checkpoints: whole episodes only. Both lists are in recording order."""
     if not 0.0 <= val_fraction < 1.0:
         raise RecordingError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ids = [e.index for e in recording if e.length > 0]
+    episodes = [e for e in recording if e.length > 0]
     if val_fraction == 0.0:
-        return ids, []
-    if len(ids) < 2:
-        raise RecordingError(f"{recording.root} has {len(ids)} non-empty episode(s): holding episodes out for "
-                             f"validation needs at least 2 (record more episodes or set val_fraction=0)")
-    n_val = min(len(ids) - 1, max(1, round(len(ids) * val_fraction)))
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    val = sorted(ids[j] for j in perm[:n_val])
-    return sorted(set(ids) - set(val)), val
+        return [Stretch(e) for e in episodes], []
+    held = {e.index: max(MIN_STRETCH, round(e.length * val_fraction)) for e in episodes}
+    cut = set() if gap is None else {e.index for e in episodes if 3 * held[e.index] <= e.length}
+    if gap is None or len(episodes) * val_fraction >= 1 or not cut:
+        if len(episodes) < 2:
+            longer = "" if gap is None else f" or an episode of {3 * MIN_STRETCH} frames"
+            raise RecordingError(f"{recording.root} has {len(episodes)} non-empty episode(s): holding data out for "
+                                 f"validation needs at least 2{longer} (record more or set val_fraction=0)")
+        n_val = min(len(episodes) - 1, max(1, round(len(episodes) * val_fraction)))
+        perm = np.random.default_rng(seed).permutation(len(episodes))
+        whole = {episodes[j].index for j in perm[:n_val]}
+        return ([Stretch(e) for e in episodes if e.index not in whole],
+                [Stretch(e) for e in episodes if e.index in whole])
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for e in episodes:
+        if e.index not in cut:
+            train.append(Stretch(e))
+            continue
+        k = max(1, round(held[e.index] / STRETCH_FRAMES))
+        size, section = held[e.index] // k, e.length / k
+        g = min(int(gap), (e.length - held[e.index]) // (4 * k))  # gaps take at most half the training frames
+        pos = 0
+        for j in range(k):
+            lo, hi = int(round(j * section)), int(round((j + 1) * section))
+            a = lo + int(rng.integers(0, hi - lo - size + 1))
+            if a - g > pos:
+                train.append(Stretch(e, pos, a - g))
+            val.append(Stretch(e, a, a + size))
+            pos = a + size + g
+        if pos < e.length:
+            train.append(Stretch(e, pos, e.length))
+    return train, val
 
 
-def held_out_split(recording: Recording, metadata: dict) -> tuple[list[int], list[int]]:
-    """(train, held-out) episode indices of the teacher a checkpoint comes from: ``split_episodes`` with the
-    fraction and seed of its training run, so that the student, evaluation and sampling never score it on
-    episodes it trained on (a student's metadata carries its teacher's)."""
+def held_out_split(recording: Recording, metadata: dict) -> tuple[list[Stretch], list[Stretch]]:
+    """(train, held-out) stretches of the teacher a checkpoint comes from: ``split_recording`` with the fraction,
+    seed and gap of its training run, so that the student, evaluation and sampling never score it on frames it
+    trained on (a student's metadata carries its teacher's)."""
     from worldmodel.metadata import ModelInfo
 
     split = ModelInfo.from_metadata(metadata).split
-    return split_episodes(recording, split.val_fraction, seed=split.seed)
+    return split_recording(recording, split.val_fraction, seed=split.seed, gap=split.gap)
 
 
-def held_out_episodes(recording: Recording, metadata: dict) -> list:
-    """The episodes the checkpoint's teacher held out, or every non-empty one if it held none out (or the
-    recording has too few episodes to hold any out: a model is then scored on what it may have seen)."""
+def held_out_episodes(recording: Recording, metadata: dict) -> list[Stretch]:
+    """The stretches the checkpoint's teacher held out, or every non-empty episode if it held none out (or the
+    recording cannot be split: a model is then scored on what it may have seen)."""
     try:
         _, held = held_out_split(recording, metadata)
     except RecordingError:
         held = []
-    return [recording[i] for i in (held or [e.index for e in recording if e.length > 0])]
+    return held or [Stretch(e) for e in recording if e.length > 0]
 
 
 def causing_actions(actions: np.ndarray) -> np.ndarray:

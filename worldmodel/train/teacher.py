@@ -25,7 +25,7 @@ from games.data.errors import InputError
 from games.data.recording import Recording
 from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint, read_header
 from worldmodel.nn.codec import make_codec
-from worldmodel.train.data import ClipDataset, split_episodes, with_causing_actions
+from worldmodel.train.data import ClipDataset, split_recording, with_causing_actions
 from worldmodel.nn.flow import Denoiser, NoiseSchedule, flow_matching_loss
 from worldmodel.nn.dit import MODELS, DiT, DiTConfig, count_params
 from worldmodel.train.processes import end_processes
@@ -58,7 +58,8 @@ class TrainConfig:
     train_shift: float = 3.0  # shift of the training levels toward noise (the sampler's 3: the rolling window's
     #                           newest frames sit at levels 1.0 and 0.9; 1 = unshifted, 1.4 % of levels above 0.9)
     action_dropout: float = 0.1  # clips trained without their actions (the null action, for action guidance)
-    val_fraction: float = 0.1  # held-out episodes for validation
+    val_fraction: float = 0.1  # held out for validation: whole episodes, or stretches of too few (split_recording)
+    split_gap: int = 64  # frames left out on each side of a held-out stretch cut inside an episode
     val_every: int = 200  # steps between validation losses
     sample_every: int = 1000  # steps between sample grids (PNG)
     sample_steps: int = 16  # Euler steps of the many-step sampler in the grid
@@ -113,10 +114,10 @@ class Trainer(TrainingRun):
     def _load_data(self):
         cfg = self.cfg
         self.recording = Recording(cfg.data)
-        train_ids, val_ids = split_episodes(self.recording, cfg.val_fraction, seed=cfg.seed)
+        train, val = split_recording(self.recording, cfg.val_fraction, seed=cfg.seed, gap=cfg.split_gap)
         # clips of L + 1 recorded frames give L frames, each with the action that produced it
-        self.train_set = ClipDataset(self.recording, cfg.clip_len + 1, episodes=train_ids)
-        self.val_set = ClipDataset(self.recording, cfg.clip_len + 1, episodes=val_ids) if val_ids else None
+        self.train_set = ClipDataset(self.recording, cfg.clip_len + 1, episodes=train)
+        self.val_set = ClipDataset(self.recording, cfg.clip_len + 1, episodes=val) if val else None
         if len(self.train_set) == 0:
             raise InputError(f"{cfg.data}: no training clip of {cfg.clip_len} frames")
 
