@@ -44,7 +44,9 @@ class Agent:
 
 
 class RandomAgent(Agent):
-    """Holds a random key combination and mouse motion for a geometric number of ticks (mean ``1 / change``)."""
+    """Holds a random key combination and mouse motion for a geometric number of ticks (mean ``1 / change``). In a
+    game whose keys are alternatives (``Game.exclusive_keys``: one per action of a ``Discrete`` environment) it
+    holds one key, each as likely."""
 
     def __init__(self, game: Game, seed: int, key_prob: float = 0.3, change: float = 0.15):
         super().__init__(game, seed)
@@ -55,7 +57,10 @@ class RandomAgent(Agent):
         if self._left <= 0:
             n = len(self.space.keys)
             vec = self.space.noop()
-            vec[:n] = self.rng.random(n) < self.key_prob
+            if getattr(self.game, "exclusive_keys", False):
+                vec[int(self.rng.integers(n))] = 1.0
+            else:
+                vec[:n] = self.rng.random(n) < self.key_prob
             if self.space.mouse:
                 if self.rng.random() < 0.5:  # half of the time the mouse moves, at a random speed
                     vec[n:n + 2] = np.clip(self.rng.normal(0, 0.5, 2), -1, 1)
@@ -221,8 +226,17 @@ class MazeAgent(Agent):
 HEURISTICS: dict[type, type[Agent]] = {Pong: PongAgent, Maze: MazeAgent}
 
 
+def agent_name(name: str, game: Game) -> str:
+    """``auto`` is the game's heuristic agent where it has one, else random; other names stay as they are."""
+    if name == "auto":
+        return "heuristic" if any(isinstance(game, cls) for cls in HEURISTICS) else "random"
+    return name
+
+
 def make_agent(name: str, game: Game, seed: int = 0) -> Agent:
-    """The scripted agent ``name`` ("random" or "heuristic") playing ``game``, seeded with ``seed``."""
+    """The scripted agent ``name`` ("random", "heuristic" or "auto": ``agent_name``) playing ``game``, seeded with
+    ``seed``."""
+    name = agent_name(name, game)
     if name == "random":
         return RandomAgent(game, seed)
     if name == "heuristic":
@@ -231,4 +245,4 @@ def make_agent(name: str, game: Game, seed: int = 0) -> Agent:
                 return agent(game, seed)
         raise InputError(f"no heuristic agent for game {game.name!r}; choose from random (any game), "
                          f"heuristic (pong, maze)")
-    raise InputError(f"unknown agent {name!r}; choose from random, heuristic")
+    raise InputError(f"unknown agent {name!r}; choose from auto, random, heuristic")

@@ -20,6 +20,7 @@ class Game(ABC):
     latency_ticks: int = 1  # step() calls from an action to the first frame that shows it (a world model: its window)
     # action key name -> pygame key names that hold it (resolved by runtime.input; games never import pygame)
     default_bindings: dict[str, tuple[str, ...]] = {}
+    exclusive_keys: bool = False  # the keys are alternatives (one action each), held one at a time, not buttons
 
     def __init__(self, width: int = 64, height: int = 64):
         if width < 16 or height < 16 or width > 1024 or height > 1024:

@@ -98,7 +98,7 @@ class EngineChoice:
 @dataclass
 class RecordingPlan:
     """What a scripted agent records (``games.record.record_dataset``); the pipeline's record stage too."""
-    agent: str = "heuristic"  # random | heuristic
+    agent: str = "auto"  # auto (the game's heuristic agent where it has one, else random) | heuristic | random
     episodes: int = 10
     frames: int = 1000  # frames per episode
     chunk_frames: int = 256  # frames per chunk file; a crash loses at most the chunk being written

@@ -41,7 +41,7 @@ def test_registry_builds_games_and_rejects_bad_names():
     with pytest.raises(InputError):
         make_game("maze", 8, 8)
     game = make_game("pong")
-    with pytest.raises(InputError, match="choose from random, heuristic"):
+    with pytest.raises(InputError, match="choose from auto, random, heuristic"):
         make_agent("smart", game, 0)
     with pytest.raises(InputError, match="no heuristic agent"):
         make_agent("heuristic", Buttons(), 0)

@@ -10,6 +10,7 @@ from games.data.errors import InputError  # noqa: E402
 from games.gym_game import GymGame  # noqa: E402
 from games.data.recording import Recording  # noqa: E402
 from games.data.writer import RecordingWriter  # noqa: E402
+from tests.conftest import assert_one_line_error  # noqa: E402
 
 
 def play(game: GymGame, seed: int, steps: int, action_seed: int = 0):
@@ -99,7 +100,8 @@ gym.register(id="rollingworld-test/Blind-v0", entry_point=_Blind)
 
 def test_multibinary_keys_drive_the_env():
     game = GymGame("rollingworld-test/Lights-v0", width=30, height=30)
-    assert game.action_space.keys == ("B0", "B1", "B2") and game.default_bindings == {}
+    assert game.action_space.keys == ("B0", "B1", "B2") and not game.exclusive_keys
+    assert game.default_bindings == {"B0": ("1",), "B1": ("2",), "B2": ("3",)}  # bits are held together
     assert game.fps == 10
     game.reset(0)
     frame = game.step(game.action_space.encode(["B0", "B2"]))
@@ -116,3 +118,59 @@ def test_unusable_envs_are_input_errors(env_id, why):
     with pytest.raises(InputError, match=why) as err:
         GymGame(env_id)
     assert "\n" not in str(err.value)
+
+
+def test_a_plugin_package_registers_its_ids_when_named_module_colon_id(cli, tmp_path):
+    # a fresh process: the id exists only once the module named before the colon is imported
+    r = cli("record", "game=gym:tests.plugin_envs:RollingPlugin/Dial-v0", "episodes=1", "frames=60",
+            f"out={tmp_path}/dial", "progress=false")
+    assert r.returncode == 0, r.stderr
+    rec = Recording(tmp_path / "dial")
+    assert rec.action_space.keys == tuple(f"A{i}" for i in range(20))
+    actions = rec[0].actions()
+    assert rec[0].agent == "random"  # the default agent, auto: this game has no heuristic one
+    assert (actions.sum(1) == 1).all()  # it holds one of the 20 keys at a time
+    assert len(np.unique(actions.argmax(1))) > 3
+    assert_one_line_error(cli("record", "game=gym:RollingPlugin/Dial-v0", "episodes=1", "frames=4",
+                              f"out={tmp_path}/x", "progress=false"), "RollingPlugin", "gym:<module>:")
+    assert_one_line_error(cli("record", "game=gym:rw_no_such_plugin:Foo-v0", "episodes=1", "frames=4",
+                              f"out={tmp_path}/y", "progress=false"), "pip install rw-no-such-plugin")
+    assert_one_line_error(cli("record", "game=gym:ALE/Pong-v5", "episodes=1", "frames=4", f"out={tmp_path}/z",
+                              "progress=false", env={"PYTHONNOUSERSITE": "1"}), "ALE")
+
+
+def test_twenty_discrete_actions_get_twenty_keys_that_no_play_control_uses():
+    from runtime.config import RuntimeSettings
+    from runtime.input import Controls, resolve_bindings
+
+    game = GymGame("tests.plugin_envs:RollingPlugin/Dial-v0", width=20, height=20)
+    assert game.exclusive_keys and len(game.action_space.keys) == 20
+    codes = resolve_bindings(game.action_space, game.default_bindings)
+    assert len(codes) == 20 and sorted(codes.values()) == sorted(game.action_space.keys)
+    Controls(RuntimeSettings().controls, codes)  # would raise if a game key were also a play control
+    game.reset(0)
+    for i in (0, 7, 19):
+        frame = game.step(game.action_space.encode([f"A{i}"]))
+        assert frame[:, i].min() == 255 and frame.sum() == 255 * 3 * 20
+    game.close()
+    named = GymGame("tests.plugin_envs:RollingPlugin/Named-v0", width=20, height=20)  # keys named as the env says
+    assert named.action_space.keys == ("NOOP", "JUMP", "TURN_LEFT") and named.exclusive_keys
+    assert named.to_env_action(named.action_space.encode(["TURN_LEFT"])) == 2
+    named.close()
+
+
+def test_a_joystick_named_discrete_space_is_played_with_held_moves_and_fire():
+    from tests.plugin_envs import STICK
+
+    game = GymGame("tests.plugin_envs:RollingPlugin/Stick-v0", width=20, height=20)
+    space = game.action_space
+    assert space.keys == ("UP", "DOWN", "LEFT", "RIGHT", "FIRE") and not game.exclusive_keys
+    assert game.default_bindings["UP"] == ("up", "w") and game.default_bindings["FIRE"] == ("space",)
+    named = {(): "NOOP", ("FIRE",): "FIRE", ("UP", "RIGHT"): "UPRIGHT", ("DOWN", "LEFT", "FIRE"): "DOWNLEFTFIRE",
+             ("UP", "DOWN"): "UP", ("LEFT", "RIGHT", "FIRE"): "RIGHTFIRE"}  # impossible pairs: the first named move
+    for held, name in named.items():
+        assert STICK[game.to_env_action(space.encode(list(held)))] == name, held
+    game.reset(0)
+    frame = game.step(space.encode(["DOWN", "RIGHT", "FIRE"]))
+    assert frame[11, 11].min() == 255 and frame[0, :, 0].min() == 255
+    game.close()

@@ -52,10 +52,12 @@ class ExportConfig:
 def record(cfg) -> int:
     from games.record import record_dataset
 
-    from games.agents import make_agent
+    from games.agents import agent_name, make_agent
 
-    make_agent(cfg.agent, build_game(cfg.game), cfg.seed)  # fail on a bad game or agent before writing
-    summary = record_dataset(cfg.out, game_factory=lambda: build_game(cfg.game), agent_name=cfg.agent,
+    game = build_game(cfg.game)
+    agent = agent_name(cfg.agent, game)  # auto: the game's heuristic agent where it has one, else random
+    make_agent(agent, game, cfg.seed)  # fail on a bad game or agent before writing
+    summary = record_dataset(cfg.out, game_factory=lambda: build_game(cfg.game), agent_name=agent,
                              episodes=cfg.episodes, frames=cfg.frames, seed=cfg.seed,
                              chunk_frames=cfg.chunk_frames, progress=cfg.progress,
                              source={"game_config": OmegaConf.to_container(cfg.game)})

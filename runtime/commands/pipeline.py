@@ -12,7 +12,7 @@ scripted agent, and ``rollingworld eval`` of the shipped student. The budget's `
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -98,11 +98,15 @@ def _section(cfg, stage: str, cls, given: dict, drop=()):
 
 
 def _record_stage(cfg, layout, settings: RecordingPlan, skip: str):
-    from games.agents import make_agent
+    from games.agents import agent_name, make_agent
     from games.record import record_dataset
     from runtime.pipeline import Stage
 
     game_config = OmegaConf.to_container(cfg.game)
+    if not skip:  # a bad game or agent fails now, before any stage runs; auto becomes the agent it names
+        game = build_game(cfg.game)
+        settings = replace(settings, agent=agent_name(settings.agent, game))
+        make_agent(settings.agent, game, cfg.seed)
 
     def run(resume: bool) -> None:
         summary = record_dataset(layout.data, game_factory=lambda: build_game(cfg.game), agent_name=settings.agent,
@@ -111,8 +115,6 @@ def _record_stage(cfg, layout, settings: RecordingPlan, skip: str):
                                  source={"game_config": game_config, "pipeline": str(layout.out)})
         print(summary.line())
 
-    if not skip:  # a bad game or agent fails now, before any stage runs
-        make_agent(settings.agent, build_game(cfg.game), cfg.seed)
     return Stage("record", {"game": game_config, **asdict(settings), "seed": cfg.seed}, run, skip)
 
 
