@@ -230,3 +230,18 @@ def test_bench_reports_the_figures_of_the_shipped_model(shipped, cli, tmp_path):
     figures = json.loads((tmp_path / "b.json").read_text())
     assert figures["frames"] == 200 and figures["fps"] > 0 and figures["tick_ms_p99"] > 0
     assert figures["rss_mb_at_200"] > 0 and "fps" in r.stdout
+
+
+def test_one_long_recording_gives_starts_spread_through_it(tmp_path):
+    from games.data.recording import Recording
+    from games.record import record_dataset
+    from games.registry import make_game
+    from runtime.commands.bundle import start_frames
+
+    record_dataset(tmp_path / "one", lambda: make_game("pong"), "heuristic", 1, 100, progress=False)
+    rec = Recording(tmp_path / "one")
+    frames, episodes, offsets = start_frames(rec, 4, 4)
+    assert episodes == [0, 0, 0, 0] and offsets == [0, 24, 48, 72]  # evenly over the 96 places a start may take
+    for k, o in enumerate(offsets):
+        assert np.array_equal(frames[k], rec[0].frames(o, o + 4))
+    assert start_frames(rec, 200, 4)[0].shape[0] == 97  # never the same start twice

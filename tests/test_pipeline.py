@@ -173,6 +173,25 @@ def test_one_long_episode_trains_and_is_scored_on_stretches_it_never_saw(capsys,
     assert np.isfinite(codec["psnr"])
 
 
+def test_a_non_square_recording_goes_through_every_stage_and_plays_at_its_shape(capsys, tmp_path):
+    from worldmodel.checkpoint import load_checkpoint
+    from worldmodel.engine.session import WorldSession
+
+    out = tmp_path / "wide"
+    code, stdout = pipeline(capsys, *SMOKE, f"out={out}", "game.width=128", "game.height=96")
+    assert code == 0, stdout
+    student = load_checkpoint(out / "distill" / "student.safetensors")
+    assert student.info.frame_size == (96, 128)
+    report = report_of(out)
+    assert set(SECTIONS) <= set(report) and np.isfinite(report["fidelity"]["psnr"]).all()
+    assert main(["bundle", f"ckpt={out / 'distill' / 'student.safetensors'}", f"data={out / 'data'}",
+                 f"out={tmp_path / 'wide.safetensors'}", "starts=2"]) == 0
+    session = WorldSession.from_checkpoint(tmp_path / "wide.safetensors")
+    session.reset(load_checkpoint(tmp_path / "wide.safetensors").tensors["start.frames"][0].numpy(), seed=0)
+    for _ in range(5):
+        assert session.step(np.zeros(session.action_space.size, np.float32)).shape == (96, 128, 3)
+
+
 def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
     cases = [(["budget=huge"], ("budget/huge", "smoke")),
              (["game=tetris"], ("tetris", "pong")),

@@ -5,7 +5,8 @@ A bundled model is one checkpoint file that plays on its own:
 - ``model.``: the denoiser's weights in ``dtype`` (float16: half the size; loading casts them back to float32);
 - ``codec.``: the codec as it was, in float32 (tens of thousands of parameters: halving them saves little and
   rounds every decoded pixel);
-- ``start.frames`` uint8 [K, S, H, W, 3]: the first S real frames of K episodes of the recording. A session starts
+- ``start.frames`` uint8 [K, S, H, W, 3]: the first S real frames of K episodes of the recording (or of K places
+  spread through fewer, longer episodes: one long recording gives K starts too). A session starts
   from start ``seed % K`` (``play``, ``dream``, ``bench``), so the model needs neither its game's code nor a
   recording. S is the number of start frames it was distilled with.
 
@@ -38,13 +39,25 @@ class BundleConfig:
     max_mb: float = 20.0  # refuse to write a file this large or larger (bundled models ship with the code)
 
 
-def start_frames(rec, starts: int, length: int) -> tuple[np.ndarray, list[int]]:
-    """The first ``length`` frames of each of the first ``starts`` episodes of ``rec`` that are that long:
-    uint8 [K, S, H, W, 3] with K <= starts, and the indices of those episodes."""
-    chosen = [ep for ep in rec if ep.length >= length][:starts]
-    if not chosen:
+def start_frames(rec, starts: int, length: int) -> tuple[np.ndarray, list[int], list[int]]:
+    """``starts`` sequences of ``length`` real frames: the first frames of each of the first ``starts`` episodes of
+    ``rec`` that are that long; when there are fewer such episodes (one long recording), the rest start further
+    into them, spread evenly over each. uint8 [K, S, H, W, 3] with K <= starts (fewer only when the episodes are
+    too short to hold ``starts`` different ones), the episode of each and its first frame."""
+    long_enough = [ep for ep in rec if ep.length >= length]
+    if not long_enough:
         raise InputError(f"{rec.root} has no episode of at least {length} frames to start from")
-    return np.stack([ep.frames(0, length) for ep in chosen]), [ep.index for ep in chosen]
+    chosen = long_enough[:starts]
+    count = {ep.index: 0 for ep in chosen}
+    for k in range(starts):  # round robin: each episode gets its share of the starts
+        count[chosen[k % len(chosen)].index] += 1
+    picks = []
+    for ep in chosen:
+        room = ep.length - length  # the last frame a start may begin at
+        offsets = sorted({round(j * room / count[ep.index]) for j in range(count[ep.index])})
+        picks += [(ep, o) for o in offsets]
+    return (np.stack([ep.frames(o, o + length) for ep, o in picks]), [ep.index for ep, _ in picks],
+            [o for _, o in picks])
 
 
 def _file_bytes(tensors: dict, metadata: dict) -> int:
@@ -87,7 +100,7 @@ def run(cfg) -> int:
     least = max(info.engine.sink if info.engine else 1, 1)  # the sink is filled from the start frames
     if length < least:
         raise InputError(f"start_frames must be at least {least} (the checkpoint's sink frames), got {length}")
-    frames, episodes = start_frames(rec, cfg.starts, length)
+    frames, episodes, offsets = start_frames(rec, cfg.starts, length)
 
     dtype = getattr(torch, cfg.dtype)
     tensors = {name: t.to(dtype) if name.startswith("model.") and t.is_floating_point() else t
@@ -96,14 +109,14 @@ def run(cfg) -> int:
     meta = {**meta, "bundle": {
         "source": str(source.resolve()), "source_sha256": file_sha256(source), "dtype": cfg.dtype,
         "data": str(Path(cfg.data).resolve()), "game": rec.game, "start_episodes": episodes,
-        "start_frames": length, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
+        "start_offsets": offsets, "start_frames": length, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
     meta = without_machine_paths(meta)
     size = _file_bytes(tensors, meta)
     if size >= cfg.max_mb * 1e6:
         raise InputError(f"{cfg.out} would be {size / 1e6:.1f} MB, more than max_mb={cfg.max_mb:g}: use a smaller "
                          "dtype or fewer starts, or raise max_mb")
     out = save_checkpoint(cfg.out, tensors, meta)
-    note = f" (the recording has {len(episodes)} episode(s) long enough)" if len(episodes) < cfg.starts else ""
+    note = f" (the recording's episodes are too short for more)" if len(episodes) < cfg.starts else ""
     print(f"wrote {out}: {out.stat().st_size / 1e6:.2f} MB (from {source.stat().st_size / 1e6:.2f} MB), "
           f"denoiser {cfg.dtype}, codec as trained, {len(episodes)} starts of {length} frames{note}")
     return 0
