@@ -31,3 +31,35 @@ def scripted_play(game_name: str, agent: str, n_frames: int, seed: int, size: tu
         actions[t] = player.act()
         frame = game.step(actions[t])
     return actions, kept
+
+
+def replayed_play(parts, n_frames: int, keep) -> tuple:
+    """A recording as the real side of a session, for games no scripted agent plays: its ``parts`` (episodes or
+    stretches of them: anything with ``length``, ``frames(a, b)`` and ``actions(a, b)``) one after another, from
+    the start again when they run out, for ``n_frames`` steps after the first frame. Returns what
+    ``scripted_play`` returns: (actions [n_frames, A] as recorded, kept {index: frame} for the indices in
+    ``keep``). Where one part ends and the next begins the real picture jumps; Q scores blocks, not pairs of
+    frames, and the model is driven by the same actions all the same."""
+    parts = [p for p in parts if p.length > 0]
+    if not parts:
+        raise ValueError("replayed_play needs at least one non-empty part")
+    ends = np.cumsum([p.length for p in parts])
+    total = int(ends[-1])
+
+    def locate(t: int) -> tuple:
+        t %= total
+        k = int(np.searchsorted(ends, t, side="right"))
+        return parts[k], t - (int(ends[k - 1]) if k else 0)
+
+    rows, t = [], 0
+    while t < n_frames:  # whole parts' actions, in order, until the session is covered
+        part, offset = locate(t)
+        take = min(part.length - offset, n_frames - t)
+        rows.append(part.actions(offset, offset + take))
+        t += take
+    kept = {}
+    for i in sorted(keep):
+        if 0 <= i <= n_frames:
+            part, offset = locate(i)
+            kept[i] = part.frames(offset, offset + 1)[0]
+    return np.concatenate(rows).astype(np.float32), kept

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -21,6 +22,7 @@ from worldmodel.engine.config import EngineConfig
 
 SECTIONS = ("fidelity", "drift", "control", "speed")
 SCRIPTED_GAMES = ("pong", "maze")  # games with a scripted agent and a control probe
+DRIFT_AGENTS = ("auto", "heuristic", "random", "recording")
 
 
 @dataclass
@@ -33,8 +35,10 @@ class FidelitySettings:
 
 @dataclass
 class DriftSettings:
-    minutes: float = 10.0  # length of the scripted session (the paper's dDrift: first vs last 5 s)
-    agent: str = "heuristic"  # the scripted agent whose actions drive it (heuristic | random)
+    minutes: float = 10.0  # length of the session (the paper's dDrift: first vs last 5 s)
+    # what drives it: auto (the game's scripted agent where it has one, else the recording) | heuristic | random |
+    # recording (the recording's own actions and frames, from its held-out part on, looped when it runs out)
+    agent: str = "auto"
     block_seconds: float = 5.0  # Q is scored on blocks of this length
     blocks: int = 11  # blocks spread over the session, the first and the last included
     reference_frames: int = 6000  # real frames of the recording Q is fitted on
@@ -45,6 +49,12 @@ class DriftSettings:
 @dataclass
 class ControlSettings:
     trials: int = 100  # probe trials on the model, the real game and shuffled real frames (chance)
+    # the inverse-dynamics reading (any game: worldmodel/eval/inverse.py); idm_steps=0 leaves it out
+    idm_steps: int = 600  # training steps on the recording's training part
+    idm_batch: int = 32  # windows a training step
+    idm_frames: int = 8192  # training frames (runs of 256 from the training part, each through the codec once)
+    idm_starts: int = 32  # held-out starts the model generates from
+    idm_horizon: int = 32  # frames generated after each start
 
 
 @dataclass
@@ -93,6 +103,8 @@ def check_settings(cfg, prefix: str = "") -> None:
                          "(no attention sink: sink=0)")
     if cfg.drift.reference not in ("codec", "real"):
         raise InputError(f"{prefix}drift.reference must be codec or real, got {cfg.drift.reference!r}")
+    if cfg.drift.agent not in DRIFT_AGENTS:
+        raise InputError(f"{prefix}drift.agent must be one of {', '.join(DRIFT_AGENTS)}, got {cfg.drift.agent!r}")
 
 
 def _save_json(path: Path, obj) -> None:
@@ -144,16 +156,29 @@ def _reference_clips(rec, n_frames: int, clip: int = 300) -> list[np.ndarray]:
     return clips
 
 
-def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
-    """The scripted session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
+def drift_agent(name: str, game: str) -> str:
+    """What drives the drift session: ``auto`` is the game's scripted agent where it has one, else the
+    recording; a scripted agent asked for a game that has none is an InputError."""
+    if name == "auto":
+        return "heuristic" if game in SCRIPTED_GAMES else "recording"
+    if name != "recording" and game not in SCRIPTED_GAMES:
+        raise InputError(f"drift.agent={name}: no scripted agent plays {game!r} (they play "
+                         f"{', '.join(SCRIPTED_GAMES)}); drift.agent=recording replays the recording")
+    return name
+
+
+def _drift_frames(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+    """The session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
     changing only how Q is scored does not regenerate ten minutes of frames."""
-    from games.scripted import scripted_play
+    from games.scripted import replayed_play, scripted_play
     from worldmodel.eval.drift import SNAPSHOT_SECONDS, DriftPlan, drift_session
+    from worldmodel.train.data import Stretch, held_out_split
 
     d = cfg.drift
+    agent = drift_agent(d.agent, game)
     fps = int(em.info.fps)
     session_settings = {"ckpt": str(Path(em.path).resolve()), **_generation(em),
-                        "minutes": d.minutes, "agent": d.agent, "block_seconds": d.block_seconds, "blocks": d.blocks,
+                        "minutes": d.minutes, "agent": agent, "block_seconds": d.block_seconds, "blocks": d.blocks,
                         "start_frames": cfg.start_frames, "seed": cfg.seed, "snapshots": list(SNAPSHOT_SECONDS)}
     path, stamp = out / "parts" / "drift-frames.npz", out / "parts" / "drift-frames.json"
     if path.exists() and stamp.exists() and _as_now(json.loads(stamp.read_text()), em) == session_settings:
@@ -164,7 +189,14 @@ def _drift_frames(em, cfg, game: str, out: Path, show: bool) -> dict:
                 **{k: saved[k] for k in ("model", "real", "snapshot_seconds", "snapshot_model", "snapshot_real")}}
     plan = DriftPlan.of(d.minutes, fps, d.block_seconds, d.blocks, cfg.start_frames)
     # the real game is played here, where games may be imported; the model only sees its frames and actions
-    actions, real = scripted_play(game, d.agent, plan.real_frames, cfg.seed, em.frame_size, plan.kept())
+    if agent == "recording":  # the held-out part first, so that the model starts from frames it never saw
+        try:
+            train, held = held_out_split(rec, em.model.metadata)
+        except InputError:
+            train, held = [Stretch(e) for e in rec if e.length > 0], []
+        actions, real = replayed_play(held + train, plan.real_frames, plan.kept())
+    else:
+        actions, real = scripted_play(game, agent, plan.real_frames, cfg.seed, em.frame_size, plan.kept())
     with _bar(plan.frames, f"drift session ({d.minutes} min)", show) as bar:
         session = drift_session(em, plan, actions, real, cfg.seed, d.compile, progress=bar.update)
     tmp = path.with_name("drift-frames.tmp.npz")
@@ -183,9 +215,7 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     from worldmodel.eval.quality import FrameQuality
 
     d = cfg.drift
-    if game not in SCRIPTED_GAMES:
-        return {"skipped": f"no scripted agent plays {game!r} (drift needs one of {', '.join(SCRIPTED_GAMES)})"}
-    session = _drift_frames(em, cfg, game, out, show)
+    session = _drift_frames(em, rec, cfg, game, out, show)
     real_clips = _reference_clips(rec, d.reference_frames)
     clips = [through_codec(em.model.codec, c) for c in real_clips] if d.reference == "codec" else real_clips
     quality = FrameQuality(clips)
@@ -203,24 +233,37 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     write_time_strip(out / "drift-strip.png", session["snapshot_seconds"],
                 {"real": session["snapshot_real"], "real, codec": through_codec(em.model.codec, session["snapshot_real"]),
                  "model": session["snapshot_model"]})
-    return {"minutes": d.minutes, "agent": d.agent, "reference": d.reference,
+    return {"minutes": d.minutes, "agent": drift_agent(d.agent, game), "reference": d.reference,
             "quality": f"{quality.name} against real frames{' through the codec' if d.reference == 'codec' else ''}",
             **{k: session[k] for k in ("frames", "fps", "block_frames", "block_seconds")}, **result}
 
 
-def _control(em, rec, cfg, game: str, show: bool) -> dict:
+def _control(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+    """The game's control probe where it has one (``games.probes``), and the inverse-dynamics reading for any game
+    (``worldmodel.eval.inverse``)."""
+    result = {}
+    if game in SCRIPTED_GAMES:
+        result.update(_probe_control(em, rec, cfg, game, show))
+    else:
+        result["probe"] = f"no control probe reads {game!r} (probes exist for {', '.join(SCRIPTED_GAMES)})"
+    if cfg.control.idm_steps:
+        result["inverse"] = _inverse_control(em, rec, cfg, out, show)
+    if len(result) == 1 and "probe" in result:
+        return {"skipped": result["probe"] + "; control.idm_steps=0 left out the inverse-dynamics reading"}
+    return result
+
+
+def _probe_control(em, rec, cfg, game: str, show: bool) -> dict:
     from games.registry import make_game
     from runtime.worlds import WorldSource
     from games.probes import ShuffledFrames, control_accuracy, probe_for
 
-    if game not in SCRIPTED_GAMES:
-        return {"skipped": f"no control probe reads {game!r} (probes exist for {', '.join(SCRIPTED_GAMES)})"}
     h, w = em.frame_size
     probe, n, seed = probe_for(game, w, h), cfg.control.trials, cfg.seed
     session = em.session()
     real_frames = np.concatenate([ep.frames(0, min(ep.length, 500)) for ep in rec])
     out = {}
-    with _bar(3, "control", show) as bar:
+    with _bar(3, "control probe", show) as bar:
         for name, source in (("model", WorldSource(session)), ("real_game", make_game(game, width=w, height=h)),
                              ("chance", ShuffledFrames(real_frames, em.info.action_space, seed))):
             out[name] = control_accuracy(source, probe, n, seed)
@@ -229,17 +272,104 @@ def _control(em, rec, cfg, game: str, show: bool) -> dict:
     return out
 
 
-def _speed(em, cfg) -> dict:
-    """``rollingworld bench``'s figures for this model as evaluated (its engine settings, ``speed.compile``)."""
+def _inverse_control(em, rec, cfg, out: Path, show: bool) -> dict:
+    """An inverse-dynamics network trained on the recording's training part (through the codec) reads the held
+    keys from the held-out real frames (the ceiling), from the model's frames generated from the same starts with
+    the same actions, and from the real frames paired with another start's actions (chance)."""
+    from safetensors.numpy import load_file, save_file
+
+    from worldmodel.eval import inverse
+    from worldmodel.eval.drift import through_codec
+    from worldmodel.eval.fidelity import _sessions, pick_starts
+    from worldmodel.train.data import Stretch, held_out_episodes, held_out_split
+
+    c, space = cfg.control, em.info.action_space
+    keys, mouse = len(space.keys), space.mouse
+    settings = inverse.IdmSettings(steps=c.idm_steps, batch=c.idm_batch)
+    stamp_of = {**vars(settings), "frames": c.idm_frames, "seed": cfg.seed, "ckpt": str(Path(em.path).resolve())}
+    roundtrip = lambda frames: through_codec(em.model.codec, frames)  # noqa: E731
+    try:
+        train, _ = held_out_split(rec, em.model.metadata)
+    except InputError:  # too little to hold out: it trains on all, as the model may have
+        train = [Stretch(e) for e in rec if e.length > 0]
+    weights = out / "parts" / "idm.safetensors"
+    stamp = {"settings": json.dumps(stamp_of)}
+    idm = inverse.InverseDynamics(keys, mouse, settings.width)
+    seconds = 0.0
+    if weights.exists() and _safetensors_metadata(weights) == stamp:
+        idm.load_state_dict({k: torch_from(v) for k, v in load_file(str(weights)).items()})
+        idm.eval()
+    else:
+        t0 = time.perf_counter()
+        runs = inverse.training_runs(train, c.idm_frames, seed=cfg.seed, roundtrip=roundtrip)
+        with _bar(settings.steps, "control: inverse dynamics", show) as bar:
+            idm = inverse.train_inverse(runs, keys, mouse, settings, cfg.seed, bar.update)
+        seconds = time.perf_counter() - t0
+        tmp = weights.with_name("idm.tmp.safetensors")
+        save_file({k: v.numpy() for k, v in inverse.state_dict_tensors(idm).items()}, str(tmp), metadata=stamp)
+        os.replace(tmp, weights)
+    S, n = cfg.start_frames, c.idm_horizon
+    picks = pick_starts(held_out_episodes(rec, em.model.metadata), c.idm_starts, S, n + em.lookahead,
+                        np.random.default_rng(cfg.seed + 1))
+    start, causing, real = _sessions(picks, S, n, em.lookahead)
+    recorded = np.stack([ep.actions(s - S, s + n) for ep, s in picks])  # row t held while frame t was shown
+    gen = []
+    with _bar(len(picks), "control: generating", show) as bar:
+        for i in range(0, len(picks), cfg.fidelity.batch):
+            gen.append(em.generate(start[i:i + cfg.fidelity.batch], causing[i:i + cfg.fidelity.batch], n, cfg.seed))
+            bar.update(len(gen[-1]))
+    gen = np.concatenate(gen)
+    first = max(0, S - inverse.CONTEXT)  # the first window whose frame after the key is the model's
+    real_seq = roundtrip(np.concatenate([start, real], 1).reshape(-1, *real.shape[2:])).reshape(
+        len(picks), S + n, *real.shape[2:])
+    model_seq = np.concatenate([real_seq[:, :S], gen], 1)
+
+    def stacked(seqs, actions):
+        w = [inverse.windows(f[first:], a[first:]) for f, a in zip(seqs, actions)]
+        return np.concatenate([x[0] for x in w]), np.concatenate([x[1] for x in w])
+
+    real_w, real_a = stacked(real_seq, recorded)
+    model_w, model_a = stacked(model_seq, recorded)
+    _, other_a = stacked(real_seq, np.roll(recorded, 1, 0))  # another start's actions: chance
+    return {"real": inverse.accuracy(idm, real_w, real_a), "model": inverse.accuracy(idm, model_w, model_a),
+            "chance": inverse.accuracy(idm, real_w, other_a), "steps": settings.steps, "starts": len(picks),
+            "horizon": n, "train_seconds": round(seconds, 1),
+            "keys_held": float((real_a[:, :keys] > 0.5).any(1).mean())}
+
+
+def torch_from(array):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # a damaged file from a stopped run: train again
+        return {}
+
+
+def _speed(em, rec, cfg, game: str) -> dict:
+    """``rollingworld bench``'s figures for this model as evaluated (its engine settings, ``speed.compile``),
+    started from the checkpoint's stored start frames, else from the real game's start screen for our games, else
+    from the recording's first frames."""
     from dataclasses import replace
 
     from runtime.bench import measure_speed
-    from runtime.worlds import start_frames
+    from runtime.worlds import start_frames, stored_start
     from worldmodel.engine.session import WorldSession
 
     session = WorldSession.from_checkpoint(em.path, replace(em.cfg, compile=cfg.speed.compile))
-    return measure_speed(session, start_frames(session, "game", 0), cfg.speed.frames, 0, cfg.progress,
-                         str(Path(em.path).resolve()))
+    if stored_start(session, 0) is not None or game in SCRIPTED_GAMES:
+        start = start_frames(session, "game", 0)
+    else:
+        first = next(ep for ep in rec if ep.length > 0)
+        start = first.frames(0, min(first.length, cfg.start_frames))
+    return measure_speed(session, start, cfg.speed.frames, 0, cfg.progress, str(Path(em.path).resolve()))
 
 
 def _generation(em) -> dict:
@@ -325,9 +455,9 @@ def evaluate(cfg) -> Path:
         elif section == "drift":
             result = _drift(em, rec, cfg, game, out, show)
         elif section == "control":
-            result = _control(em, rec, cfg, game, show)
+            result = _control(em, rec, cfg, game, out, show)
         else:
-            result = _speed(em, cfg)
+            result = _speed(em, rec, cfg, game)
         result["settings"] = settings
         _save_json(part, result)
         report[section] = result

@@ -192,6 +192,24 @@ def test_a_non_square_recording_goes_through_every_stage_and_plays_at_its_shape(
         assert session.step(np.zeros(session.action_space.size, np.float32)).shape == (96, 128, 3)
 
 
+def test_a_game_nobody_here_wrote_is_evaluated_from_its_recording(capsys, tmp_path):
+    """A Gymnasium game from a plugin package, no scripted agent and no probe: drift is driven by the recording's
+    own actions and control is read by the inverse-dynamics network; every section of the eval finishes."""
+    out = tmp_path / "dial"
+    code, stdout = pipeline(capsys, "game=gym:tests.plugin_envs:RollingPlugin/Dial-v0", "budget=smoke", "threads=1",
+                            "progress=false", f"out={out}", "budget.record.episodes=1", "budget.record.frames=400")
+    assert code == 0, stdout
+    report = report_of(out)
+    assert set(SECTIONS) <= set(report) and not any("skipped" in report[s] for s in SECTIONS)
+    assert report["drift"]["agent"] == "recording" and len(report["drift"]["q"]["model"]) == 3
+    control = report["control"]
+    assert "no control probe" in control["probe"]
+    assert control["inverse"]["model"]["n"] == 2 * 7  # windows need the frame after: 7 of the 8 frames of a start
+    assert {"real", "model", "chance"} <= set(control["inverse"])
+    md = (out / "eval" / "report.md").read_text()
+    assert "inverse-dynamics network" in md and "(ceiling)" in md and "the recording's own actions" in md
+
+
 def test_bad_budget_game_or_setting_is_one_line_error(capsys, tmp_path):
     cases = [(["budget=huge"], ("budget/huge", "smoke")),
              (["game=tetris"], ("tetris", "pong")),

@@ -160,8 +160,11 @@ def markdown(report: dict) -> str:
         lines += _heading("Drift over a long session", drift)
         if "skipped" not in drift:
             d, secs = drift["drift"], drift["block_frames"] / drift["fps"]
+            driven = ("the recording's own actions (its held-out part first, then the rest, from the start again "
+                      "when it runs out), the real frames the recording's" if drift["agent"] == "recording"
+                      else f"the {drift['agent']} agent's actions on the real game")
             lines += [f"A {drift['minutes']:g}-minute session ({drift['frames']} frames at {drift['fps']} fps) driven "
-                      f"by the {drift['agent']} agent's actions on the real game. Q = {drift['quality']} (Frechet "
+                      f"by {driven}. Q = {drift['quality']} (Frechet "
                       "distance of frame statistics to real frames, `worldmodel/eval/quality.py`; lower is better, real "
                       f"clips score about 1) on {drift['block_frames']}-frame blocks; dDrift = Q(last) - Q(first).", "",
                       f"| frames | Q first {secs:g} s | Q last {secs:g} s | dDrift | Q mean over the blocks | spread |",
@@ -187,7 +190,7 @@ def markdown(report: dict) -> str:
     ctl = report.get("control")
     if ctl:
         lines += _heading("Control", ctl)
-        if "skipped" not in ctl:
+        if "skipped" not in ctl and "model" in ctl:
             lines += [f"The probe reads each action's effect from the frames (`games/probes.py`); the model's "
                       f"effect is read {ctl['latency_ticks']} tick(s) after the key.", "",
                       "| source | accuracy | decided / trials | by action |", "|---|---:|---:|---|"]
@@ -196,6 +199,20 @@ def markdown(report: dict) -> str:
                 kinds = ", ".join(f"{k} {_pct(v['accuracy'], 0)}" for k, v in c["by_kind"].items())
                 lines.append(f"| {name.replace('_', ' ')} | {_pct(c['accuracy'])} | "
                              f"{c['decided']} / {c['n']} | {kinds} |")
+            lines.append("")
+        elif "probe" in ctl:
+            lines += [f"{ctl['probe']}.", ""]
+        inv = ctl.get("inverse")
+        if inv:
+            lines += [f"An inverse-dynamics network (`worldmodel/eval/inverse.py`), trained for {inv['steps']} steps "
+                      "on the recording's training part through the codec, names the keys held at each frame from "
+                      f"the frames around it; {inv['starts']} held-out starts x {inv['horizon']} frames, the same "
+                      f"actions for every row ({_pct(inv['keys_held'], 0)} of the frames with a key held).", "",
+                      "| frames | keys named exactly | mouse direction |", "|---|---:|---:|"]
+            for name, label in (("real", "real, through the codec (ceiling)"), ("model", "model"),
+                                ("chance", "real, another start's actions (chance)")):
+                r = inv[name]
+                lines.append(f"| {label} | {_pct(r['keys'])} | {_pct(r['mouse']) if r['mouse'] is not None else '-'} |")
             lines.append("")
     spd = report.get("speed")
     if spd:
@@ -222,7 +239,9 @@ def table_row(name: str, report: dict) -> str:
     q = f"{_fmt(dd.get('ddrift'))} ({_fmt(dd.get('first'))} -> {_fmt(dd.get('last'))})" if dd else "n/a"
     curve = drift.get("q", {}).get("model")
     q_mean = _fmt(float(np.mean(curve))) if curve else "n/a"
-    acc = _pct(ctl["model"]["accuracy"]) if "model" in ctl else "n/a"
+    inv = ctl.get("inverse") or {}
+    acc = (_pct(ctl["model"]["accuracy"]) if "model" in ctl
+           else f"{_pct(inv['model']['keys'])} (IDM)" if inv else "n/a")
     return (f"| {name} | {_fmt(spd.get('fps'), 1)} | {_fmt(spd.get('latency_ms'), 0)} | "
             f"{' / '.join(psnr)} | {q} | {q_mean} | {acc} |")
 
