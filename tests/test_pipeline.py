@@ -60,10 +60,12 @@ def test_smoke_pipeline_runs_every_stage_and_the_student_plays(smoke):
     assert report["header"]["ckpt"] == str(out / "distill" / "student.safetensors")
     assert report["header"]["mode"] == "rolling" and report["header"]["threads"] == 1
     assert report["fidelity"]["starts"] == 2 and len(report["fidelity"]["psnr"]) == 8
+    codec = report["fidelity"]["baselines"]["codec"]["psnr"]  # the real frames through the codec: the ceiling
+    assert len(codec) == 8 and np.isfinite(codec).all() and codec != report["fidelity"]["psnr"]
     assert report["drift"]["minutes"] == 0.1 and report["control"]["model"]["n"] == 4
     assert report["speed"]["frames"] == 200 and not report["speed"]["compile"]
     md = (out / "eval" / "report.md").read_text()
-    assert all(f"## {title}" in md for title in ("Fidelity", "Drift", "Control", "Speed"))
+    assert all(f"## {title}" in md for title in ("Fidelity", "Drift", "Control", "Speed")) and "codec PSNR" in md
     assert f"report: {out / 'eval' / 'report.md'}" in stdout and "\n| student | " in stdout  # its table row
 
     session = WorldSession.from_checkpoint(out / "distill" / "student.safetensors")

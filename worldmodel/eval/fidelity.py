@@ -84,7 +84,8 @@ def fidelity(model, episodes, starts: int, horizon: int, teacher_forced: int, st
     next-frame PSNR / SSIM over ``teacher_forced`` starts. ``progress(n)``: called after each batch. The result's
     ``samples`` holds the first start's frames (start, real, generated) for a picture. With a state ``reader``, the
     result's ``state`` holds the state error by horizon (``_state``); ``codec_roundtrip``: frames [N, H, W, 3] ->
-    the same through the model's codec (``drift.through_codec``), for the floor."""
+    the same through the model's codec (``drift.through_codec``), for the floor of the state error and the
+    ``codec`` baseline (the real frames through the codec: the ceiling of the model's PSNR)."""
     rng = np.random.default_rng(seed)
     look, S = model.lookahead, start_frames
     rows = {k: ([], []) for k in ("model", "repeat_last", "mean_frame")}  # name: (MSE rows, SSIM rows)
@@ -97,9 +98,11 @@ def fidelity(model, episodes, starts: int, horizon: int, teacher_forced: int, st
         gen = model.generate(start, actions, horizon, seed + b0)
         mean = np.stack([np.repeat(ep.frames().mean(0, keepdims=True).round().astype(np.uint8), horizon, 0)
                          for ep, _ in chunk])
-        for name, frames in (("model", gen), ("repeat_last", np.repeat(start[:, -1:], horizon, 1)),
-                             ("mean_frame", mean)):
-            for into, score in zip(rows[name], _scores(frames, real)):
+        made = [("model", gen), ("repeat_last", np.repeat(start[:, -1:], horizon, 1)), ("mean_frame", mean)]
+        if codec_roundtrip is not None:  # the real frames through the codec: the most the model could show
+            made.append(("codec", codec_roundtrip(real.reshape(-1, *real.shape[2:])).reshape(real.shape)))
+        for name, frames in made:
+            for into, score in zip(rows.setdefault(name, ([], [])), _scores(frames, real)):
                 into.append(score)
         if reader is not None:
             for into, frames in zip(kept, (gen, real, start[:, -1:])):
@@ -123,7 +126,7 @@ def fidelity(model, episodes, starts: int, horizon: int, teacher_forced: int, st
     return {
         "starts": sum(len(x) for x in rows["model"][0]), "horizons": list(range(1, horizon + 1)),
         "data_range": int(DATA_RANGE), **model_scores,
-        "baselines": {name: _summary(*rows[name]) for name in ("repeat_last", "mean_frame")},
+        "baselines": {name: _summary(*rows[name]) for name in rows if name != "model"},
         "teacher_forced": {"starts": sum(len(x) for x in tf[0]), "psnr": teacher_forced_scores["psnr"][0],
                            "ssim": teacher_forced_scores["ssim"][0]},
         "samples": samples, **state,

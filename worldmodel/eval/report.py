@@ -138,15 +138,18 @@ def markdown(report: dict) -> str:
         lines += ["## Fidelity against the real game", "",
                   f"{fid['starts']} starts in the held-out {', '.join(map(str, fid['episodes']))}, the recorded "
                   f"actions; PSNR of the pooled MSE and mean SSIM, data range {fid['data_range']}. Baselines: "
-                  "repeat the last start frame; the episode's mean frame.", "",
-                  "| horizon | PSNR | SSIM | repeat-last PSNR | repeat-last SSIM | mean-frame PSNR |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "repeat the last start frame; the episode's mean frame"
+                  + ("; and the real frames through the model's codec, the most the model could show (its "
+                     "ceiling)." if "codec" in fid["baselines"] else "."), "",
+                  "| horizon | PSNR | SSIM | repeat-last PSNR | repeat-last SSIM | mean-frame PSNR | codec PSNR |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
         for h_ in (1, 2, 4, 8, 16, 32, 64):
             if h_ <= len(fid["horizons"]):
                 i, b = h_ - 1, fid["baselines"]
+                codec = _fmt(b["codec"]["psnr"][i]) if "codec" in b else "n/a"
                 lines.append(f"| {h_} | {_fmt(fid['psnr'][i])} | {_fmt(fid['ssim'][i], 3)} | "
                              f"{_fmt(b['repeat_last']['psnr'][i])} | {_fmt(b['repeat_last']['ssim'][i], 3)} | "
-                             f"{_fmt(b['mean_frame']['psnr'][i])} |")
+                             f"{_fmt(b['mean_frame']['psnr'][i])} | {codec} |")
         tf = fid["teacher_forced"]
         lines += ["", f"Teacher-forced next frame ({tf['starts']} starts, real history): PSNR {_fmt(tf['psnr'])} dB, "
                       f"SSIM {_fmt(tf['ssim'], 3)}.", ""]
