@@ -26,3 +26,13 @@ def make_game(name: str, width: int = 64, height: int = 64, **params) -> Game:
         raise InputError(f"unknown setting(s) {', '.join(unknown)} for game {name!r}; "
                          f"it takes {', '.join(allowed) or 'none'}")
     return cls(width=width, height=height, **params)
+
+
+def make_named_game(name, width: int = 64, height: int = 64) -> Game:
+    """The game a file names (a checkpoint's metadata): only the games written here. A name from a file never
+    chooses code to import, so a Gymnasium game (``gym:...``, which may name a module) is made only when the user
+    asks for it on the command line."""
+    if str(name) not in GAMES:
+        raise InputError(f"the file names the game {name!r}, which is not one written here ({', '.join(GAMES)}); "
+                         "a Gymnasium game is made only when named on the command line (game=gym:...)")
+    return make_game(str(name), width=width, height=height)

@@ -52,13 +52,14 @@ def load_session(ckpt, engine_cfg, threads: int):
 
 
 def checkpoint_game(session):
-    """The real game the session's checkpoint was trained on, at the model's frame size (or an InputError)."""
-    from games.registry import make_game
+    """The real game the session's checkpoint was trained on, at the model's frame size (or an InputError): one of
+    the games written here, never code a file's words choose (``games.registry.make_named_game``)."""
+    from games.registry import make_named_game
 
     name = session.info.game
     h, w = session.frame_size
     try:
-        return make_game(str(name), width=w, height=h)
+        return make_named_game(name, width=w, height=h)
     except InputError as e:
         raise InputError(f"cannot build the checkpoint's game {name!r}: {e}") from None
 
@@ -77,12 +78,12 @@ def start_frames(session, start: str, seed: int) -> np.ndarray:
         stored = stored_start(session, seed)
         if stored is not None:
             return stored
-        from games.registry import make_game
+        from games.registry import make_named_game
 
         game_name = session.info.game
         h, w = session.frame_size
         try:
-            game = make_game(game_name, width=w, height=h)
+            game = make_named_game(game_name, width=w, height=h)
         except InputError:
             raise InputError(f"the checkpoint's game {game_name!r} is not one of ours and it holds no start frames "
                              "(rollingworld bundle stores them): give start=IMAGE") from None

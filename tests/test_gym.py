@@ -174,3 +174,15 @@ def test_a_joystick_named_discrete_space_is_played_with_held_moves_and_fire():
     frame = game.step(space.encode(["DOWN", "RIGHT", "FIRE"]))
     assert frame[11, 11].min() == 255 and frame[0, :, 0].min() == 255
     game.close()
+
+
+def test_a_game_named_in_a_file_never_imports_a_module(tmp_path):
+    import sys
+
+    from games.registry import make_named_game
+
+    assert make_named_game("pong", 32, 32).width == 32
+    sys.modules.pop("this", None)
+    with pytest.raises(InputError, match="command line"):
+        make_named_game("gym:this:X-v0")
+    assert "this" not in sys.modules  # the Zen of Python was not printed: nothing was imported
