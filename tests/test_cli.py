@@ -19,7 +19,7 @@ def test_help_lists_every_command_with_one_line(cli):
 def test_command_help_prints_its_settings(cli):
     r = cli("record", "--help")
     assert r.returncode == 0
-    assert "agent: heuristic" in r.stdout and "episodes:" in r.stdout
+    assert "agent: auto" in r.stdout and "episodes:" in r.stdout
 
 
 def test_unknown_command_is_one_line_error(cli):
