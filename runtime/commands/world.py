@@ -28,7 +28,9 @@ class DreamConfig(EngineChoice):
 @dataclass
 class BenchConfig(EngineChoice):
     ckpt: Optional[str] = None  # a checkpoint; None = random weights of model= on game=
-    game: str = "pong"  # action space and frame size when ckpt is None
+    game: str = "pong"  # action space when ckpt is None (pong or maze)
+    width: int = 64  # frame size when ckpt is None
+    height: int = 64
     model: str = "small"  # the size benchmarked when ckpt is None (worldmodel.nn.dit.MODELS)
     # the denoiser's shape as in ``train`` (no torch import here: torch_threads sets OpenMP up before torch loads)
     patch: int = 8  # latent pixels per token side, with codec=pixels
@@ -85,7 +87,7 @@ def _random_session(cfg, torch):
     size = cfg.model
     if size not in MODELS:
         raise InputError(f"unknown model size {size!r}; choose from {', '.join(MODELS)}")
-    game = make_game(cfg.game)
+    game = make_game(cfg.game, width=cfg.width, height=cfg.height)
     if cfg.codec == "pixels":
         codec, patch = make_codec({"type": "pixels"}), cfg.patch
     elif cfg.codec == "conv_ae":
