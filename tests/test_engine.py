@@ -148,6 +148,10 @@ def test_dream_and_bench_commands(cli, tmp_path):
     assert figures["frames"] == 200 and figures["fps"] > 0 and figures["latency_ticks"] == 4
     assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
     assert figures["busy_cores"] == 1 and figures["startup_s"] > 0 and len(figures["fps_by_block"]) == 1
+    r = cli("bench", "codec=conv_ae", "model=tiny", "width=128", "height=96", "frames=200", "threads=1",
+            "compile=false", "progress=false", f"json={tmp_path}/wide.json")  # random weights at a 4:3 size
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "wide.json").read_text())["tokens_per_frame"] == (96 // 16) * (128 // 16)
     r = cli("play", f"ckpt={ckpt}", "compile=false", "headless=true", "frames=3", "agent=random", "runtime.fps=100",
             f"video={tmp_path}/play.mp4", env={"DISPLAY": ""})
     assert r.returncode == 0, r.stderr
