@@ -173,7 +173,10 @@ def codec_stage(cfg, skip: str = "") -> Stage:
 
         train_codec(replace(cfg, resume=resume))
         path = Path(cfg.out) / "codec.safetensors"
-        return _short_of(path, load_checkpoint(path).metadata["step"], cfg.steps, "steps")
+        meta = load_checkpoint(path).metadata
+        if meta.get("provenance", {}).get("target_reached"):  # stopped early: its held-out PSNR is the target's
+            return None
+        return _short_of(path, meta["step"], cfg.steps, "steps")
 
     return Stage("codec", asdict(cfg), run, skip)
 

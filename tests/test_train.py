@@ -113,6 +113,20 @@ def test_bad_training_settings_are_one_line_errors(cli, pong_data, tmp_path):
     assert_one_line_error(cli("train", f"data={tmp_path}/none", f"out={tmp_path}/r", "steps=1"), "none")
 
 
+def test_codec_trains_until_its_held_out_psnr_reaches_the_target(cli, pong_data, tmp_path):
+    from worldmodel.checkpoint import load_checkpoint
+
+    common = ("steps=60", "check_every=20", "threads=1", "progress=false")
+    r = cli("train-codec", f"data={pong_data}", f"out={tmp_path}/easy", "target_psnr=5", *common)
+    assert r.returncode == 0, r.stderr
+    easy = load_checkpoint(tmp_path / "easy" / "codec.safetensors").metadata
+    assert easy["step"] == 20 and easy["provenance"]["target_reached"]  # measured at step 20: already there
+    assert easy["provenance"]["held_out"]["psnr"] >= 5 and "target 5 dB reached" in r.stdout
+    r = cli("train-codec", f"data={pong_data}", f"out={tmp_path}/hard", "target_psnr=99", *common)
+    hard = load_checkpoint(tmp_path / "hard" / "codec.safetensors").metadata
+    assert hard["step"] == 60 and not hard["provenance"]["target_reached"] and "not reached" in r.stdout
+
+
 def test_codec_stage_feeds_the_teacher(cli, pong_data, tmp_path):
     r = cli("train-codec", f"data={pong_data}", f"out={tmp_path}/codec", "steps=3", "threads=1", "progress=false")
     assert r.returncode == 0, r.stderr

@@ -33,8 +33,12 @@ class CodecTrainConfig:
     batch: int = 8  # pairs of consecutive frames per step
     lr: float = 2e-3
     warmup: int = 100
-    steps: int = 0  # optimizer steps (0 = until the time budget ends)
+    steps: int = 0  # optimizer steps (0 = until the time budget ends); with target_psnr, the most it may take
     minutes: float = 0.0  # time budget of this invocation
+    # train until the held-out reconstruction reaches this PSNR (dB), checked every check_every steps (0: off): the
+    # codec is the ceiling of every frame the world model shows, so its length is chosen from a measurement
+    target_psnr: float = 0.0
+    check_every: int = 500
     checkpoint_minutes: float = 3.0
     val_fraction: float = 0.1  # held out as the teacher's (split_recording), for the reconstruction scores
     split_gap: int = 64
@@ -44,11 +48,12 @@ class CodecTrainConfig:
     progress: bool = True
 
 
-def _codec_metadata(codec, rec: Recording, cfg: CodecTrainConfig, step: int, scores: dict) -> dict:
+def _codec_metadata(codec, rec: Recording, cfg: CodecTrainConfig, step: int, scores: dict,
+                    reached: bool = False) -> dict:
     return {"kind": "codec", "model": {"size": "codec"}, "action_space": rec.action_space.to_dict(),
             "codec": codec.config(), "schedule": {}, "step": step,
             "provenance": {"data": str(Path(cfg.data).resolve()), "game": rec.game, "frames": rec.total_frames,
-                           "train_config": asdict(cfg), "held_out": scores,
+                           "train_config": asdict(cfg), "held_out": scores, "target_reached": reached,
                            "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
 
 
@@ -68,14 +73,17 @@ def train_codec(cfg: CodecTrainConfig) -> dict:
     folder = RunFolder(cfg.out, cfg.resume)
     extra = folder.load_state({"codec": codec}, {"opt": opt})
     step = int(extra["step"]) if extra is not None else 0
+    reached = bool(extra.get("reached", False)) if extra is not None else False
     folder.write_config(cfg)
+    if cfg.target_psnr and val_frames is None:
+        raise InputError("target_psnr needs held-out frames to measure (val_fraction > 0)")
 
     def save() -> dict:
-        folder.save_state({"codec": codec}, {"opt": opt}, {"step": step})
+        folder.save_state({"codec": codec}, {"opt": opt}, {"step": step, "reached": reached})
         calib_rng, _ = step_generators(cfg.seed, 0, "calibration", 0)
         codec.calibrate(torch.from_numpy(pairs.sample_batch(calib_rng, 512)[0][:, 0]))
         scores = evaluate(codec, val_frames) if val_frames is not None else {}
-        folder.ship("codec.safetensors", _codec_metadata(codec, rec, cfg, step, scores), codec=codec)
+        folder.ship("codec.safetensors", _codec_metadata(codec, rec, cfg, step, scores, reached), codec=codec)
         return scores
 
     from tqdm import tqdm
@@ -83,7 +91,7 @@ def train_codec(cfg: CodecTrainConfig) -> dict:
     bar = tqdm(total=cfg.steps or None, initial=step, unit="step", disable=not cfg.progress, dynamic_ncols=True)
     deadline, checkpoints = Deadline(cfg.minutes), Cadence(cfg.checkpoint_minutes)
     try:
-        while (not cfg.steps or step < cfg.steps) and not deadline.passed():
+        while (not cfg.steps or step < cfg.steps) and not deadline.passed() and not reached:
             rng, _ = step_generators(cfg.seed, 0, "codec", step)
             for g in opt.param_groups:
                 g["lr"] = warmup_lr(cfg.lr, cfg.warmup, step)
@@ -94,11 +102,18 @@ def train_codec(cfg: CodecTrainConfig) -> dict:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", psnr=f"{stats['psnr']:.1f}")
+            if cfg.target_psnr and step % cfg.check_every == 0:
+                codec.eval()
+                held = evaluate(codec, val_frames)["psnr"]
+                bar.write(f"codec: step {step}: held-out psnr {held:.2f} dB (target {cfg.target_psnr:g})")
+                reached = held >= cfg.target_psnr
             checkpoints.run(save)
     finally:
         bar.close()
         codec.eval()
         scores = save()
-    print(f"codec: {folder.path / 'codec.safetensors'} after {step} steps; held-out " +
+    target = ("" if not cfg.target_psnr else f" (target {cfg.target_psnr:g} dB "
+              f"{'reached' if reached else 'not reached'})")
+    print(f"codec: {folder.path / 'codec.safetensors'} after {step} steps{target}; held-out " +
           ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if isinstance(v, float)))
     return scores
