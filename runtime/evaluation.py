@@ -50,7 +50,7 @@ class DriftSettings:
 class ControlSettings:
     trials: int = 100  # probe trials on the model, the real game and shuffled real frames (chance)
     # the inverse-dynamics reading (any game: worldmodel/eval/inverse.py); idm_steps=0 leaves it out
-    idm_steps: int = 600  # training steps on the recording's training part
+    idm_steps: int = 2000  # training steps on the recording's training part (about a minute at 64x64)
     idm_batch: int = 32  # windows a training step
     idm_frames: int = 8192  # training frames (runs of 256 from the training part, each through the codec once)
     idm_starts: int = 32  # held-out starts the model generates from
@@ -331,8 +331,9 @@ def _inverse_control(em, rec, cfg, out: Path, show: bool) -> dict:
     real_w, real_a = stacked(real_seq, recorded)
     model_w, model_a = stacked(model_seq, recorded)
     _, other_a = stacked(real_seq, np.roll(recorded, 1, 0))  # another start's actions: chance
-    return {"real": inverse.accuracy(idm, real_w, real_a), "model": inverse.accuracy(idm, model_w, model_a),
-            "chance": inverse.accuracy(idm, real_w, other_a), "steps": settings.steps, "starts": len(picks),
+    sets = {"real": (real_w, real_a), "model": (model_w, model_a), "chance": (real_w, other_a)}
+    read = {name: inverse.accuracy(idm, w, a, space.keys) for name, (w, a) in sets.items()}
+    return {**read, "steps": settings.steps, "starts": len(picks),
             "horizon": n, "train_seconds": round(seconds, 1),
             "keys_held": float((real_a[:, :keys] > 0.5).any(1).mean())}
 

@@ -30,6 +30,7 @@ def test_the_inverse_dynamics_network_reads_real_pong_keys_far_above_chance(pong
     chance = inverse.accuracy(idm, frames, np.roll(actions, 97, 0))  # the frames with other moments' keys
     held = (actions[:, :2] > 0.5).any(1).mean()
     assert real["keys"] > chance["keys"] + 0.15 and real["keys"] > 1 - held / 2, (real, chance, held)
+    assert real["balanced"] > 0.75 and abs(chance["balanced"] - 0.5) < 0.1 and set(real["by_key"]) == {"0", "1"}
     # frames that say nothing about the keys (every window the same frame) are read no better than chance
     still = np.repeat(frames[:, :1], inverse.WINDOW, 1)
     assert inverse.accuracy(idm, still, actions)["keys"] < real["keys"] - 0.1

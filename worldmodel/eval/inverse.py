@@ -7,7 +7,8 @@ the next frame): ``CONTEXT`` frames up to frame t and ``AFTER`` frames from t + 
 frames through the world model's codec, the best picture the model could show, so that its blur is not held
 against the model.
 
-Its score is the share of frames whose held keys it names exactly (all of them, and no others). Three readings on
+Its scores are the share of frames whose held keys it names exactly (all of them, and no others), and per key the
+balanced accuracy (presses read as presses and releases as releases, averaged: 50 % is chance). Three readings on
 the same held-out starts, with the same actions:
 
 - ``real``: the real held-out frames through the codec: the ceiling (some keys change nothing on screen: a paddle
@@ -71,7 +72,7 @@ def windows(frames: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.nda
 
 @dataclass
 class IdmSettings:
-    steps: int = 600  # training steps
+    steps: int = 2000  # training steps
     batch: int = 32  # windows a step
     lr: float = 2e-3
     width: int = 32
@@ -145,13 +146,27 @@ def read_actions(idm: InverseDynamics, frames: np.ndarray, batch: int = 256) -> 
     return np.concatenate(keys), (np.concatenate(moves) if moves else None)
 
 
-def accuracy(idm: InverseDynamics, frames: np.ndarray, actions: np.ndarray) -> dict:
-    """How well the network reads the actions [N, A] from windows [N, WINDOW, H, W, 3]: ``keys`` (the share of
-    windows whose held keys it names exactly), ``n``, and ``mouse`` (the share of mouse motions, on windows where
-    the mouse moved, whose sign it reads on both axes; None for a game without a mouse, or no motion)."""
+def accuracy(idm: InverseDynamics, frames: np.ndarray, actions: np.ndarray, names=None) -> dict:
+    """How well the network reads the actions [N, A] from windows [N, WINDOW, H, W, 3]:
+
+    - ``keys``: the share of windows whose held keys it names exactly (all of them and no others: harsh where
+      several keys are held at random, as a random agent does);
+    - ``balanced``: per key, the mean of the share of its presses read as pressed and of its releases read as
+      released, averaged over the keys that are both pressed and released in these windows (chance: 50 %);
+      ``by_key`` holds each key's (named by ``names`` where given);
+    - ``mouse``: the share of mouse motions, on windows where the mouse moved, whose sign it reads on both axes
+      (None for a game without a mouse, or no motion); ``n``: windows."""
     held = actions[:, :idm.keys] > 0.5
     read, move = read_actions(idm, frames)
     out = {"keys": float((read == held).all(1).mean()) if len(held) else float("nan"), "n": int(len(held))}
+    by_key = {}
+    for k in range(idm.keys):
+        on, off = held[:, k], ~held[:, k]
+        if on.any() and off.any():
+            name = names[k] if names is not None else str(k)
+            by_key[name] = float((read[on, k].mean() + (~read[off, k]).mean()) / 2)
+    out["balanced"] = float(np.mean(list(by_key.values()))) if by_key else float("nan")
+    out["by_key"] = by_key
     out["mouse"] = None
     if move is not None:
         true = actions[:, idm.keys:idm.keys + 2]

@@ -211,11 +211,14 @@ def markdown(report: dict) -> str:
                       "on the recording's training part through the codec, names the keys held at each frame from "
                       f"the frames around it; {inv['starts']} held-out starts x {inv['horizon']} frames, the same "
                       f"actions for every row ({_pct(inv['keys_held'], 0)} of the frames with a key held).", "",
-                      "| frames | keys named exactly | mouse direction |", "|---|---:|---:|"]
+                      "| frames | keys named exactly | per key, balanced (chance 50 %) | by key | mouse direction |",
+                      "|---|---:|---:|---|---:|"]
             for name, label in (("real", "real, through the codec (ceiling)"), ("model", "model"),
                                 ("chance", "real, another start's actions (chance)")):
                 r = inv[name]
-                lines.append(f"| {label} | {_pct(r['keys'])} | {_pct(r['mouse']) if r['mouse'] is not None else '-'} |")
+                keys = ", ".join(f"{k} {_pct(v, 0)}" for k, v in r.get("by_key", {}).items())
+                lines.append(f"| {label} | {_pct(r['keys'])} | {_pct(r.get('balanced'))} | {keys} | "
+                             f"{_pct(r['mouse']) if r['mouse'] is not None else '-'} |")
             lines.append("")
     spd = report.get("speed")
     if spd:
