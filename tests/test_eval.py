@@ -9,7 +9,8 @@ from worldmodel.eval.metrics import psnr_per_frame, ssim
 
 TINY_EVAL = ["mode=rolling", "fidelity.starts=3", "fidelity.horizon=8", "fidelity.teacher_forced=4",
              "fidelity.batch=3", "drift.minutes=0.1", "drift.block_seconds=0.5", "drift.blocks=3",
-             "drift.reference_frames=120", "drift.compile=false", "control.trials=4", "speed.frames=200",
+             "drift.reference_frames=120", "drift.compile=false", "control.trials=4", "control.idm_steps=20",
+             "control.idm_frames=256", "control.idm_starts=2", "control.idm_horizon=8", "speed.frames=200",
              "speed.compile=false", "progress=false"]
 
 
