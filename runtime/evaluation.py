@@ -167,15 +167,14 @@ def drift_agent(name: str, game: str) -> str:
     return name
 
 
-def _drift_frames(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
+def _drift_frames(em, rec, cfg, game: str, agent: str, out: Path, show: bool) -> dict:
     """The session's blocks (``parts/drift-frames.npz``), generated once for the same session settings:
     changing only how Q is scored does not regenerate ten minutes of frames."""
     from games.scripted import replayed_play, scripted_play
     from worldmodel.eval.drift import SNAPSHOT_SECONDS, DriftPlan, drift_session
-    from worldmodel.train.data import Stretch, held_out_split
+    from worldmodel.train.data import split_or_all
 
     d = cfg.drift
-    agent = drift_agent(d.agent, game)
     fps = int(em.info.fps)
     session_settings = {"ckpt": str(Path(em.path).resolve()), **_generation(em),
                         "minutes": d.minutes, "agent": agent, "block_seconds": d.block_seconds, "blocks": d.blocks,
@@ -190,10 +189,7 @@ def _drift_frames(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     plan = DriftPlan.of(d.minutes, fps, d.block_seconds, d.blocks, cfg.start_frames)
     # the real game is played here, where games may be imported; the model only sees its frames and actions
     if agent == "recording":  # the held-out part first, so that the model starts from frames it never saw
-        try:
-            train, held = held_out_split(rec, em.model.metadata)
-        except InputError:
-            train, held = [Stretch(e) for e in rec if e.length > 0], []
+        train, held = split_or_all(rec, em.model.metadata)
         actions, real = replayed_play(held + train, plan.real_frames, plan.kept())
     else:
         actions, real = scripted_play(game, agent, plan.real_frames, cfg.seed, em.frame_size, plan.kept())
@@ -215,7 +211,8 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     from worldmodel.eval.quality import FrameQuality
 
     d = cfg.drift
-    session = _drift_frames(em, rec, cfg, game, out, show)
+    agent = drift_agent(d.agent, game)
+    session = _drift_frames(em, rec, cfg, game, agent, out, show)
     real_clips = _reference_clips(rec, d.reference_frames)
     clips = [through_codec(em.model.codec, c) for c in real_clips] if d.reference == "codec" else real_clips
     quality = FrameQuality(clips)
@@ -233,7 +230,7 @@ def _drift(em, rec, cfg, game: str, out: Path, show: bool) -> dict:
     write_time_strip(out / "drift-strip.png", session["snapshot_seconds"],
                 {"real": session["snapshot_real"], "real, codec": through_codec(em.model.codec, session["snapshot_real"]),
                  "model": session["snapshot_model"]})
-    return {"minutes": d.minutes, "agent": drift_agent(d.agent, game), "reference": d.reference,
+    return {"minutes": d.minutes, "agent": agent, "reference": d.reference,
             "quality": f"{quality.name} against real frames{' through the codec' if d.reference == 'codec' else ''}",
             **{k: session[k] for k in ("frames", "fps", "block_frames", "block_seconds")}, **result}
 
@@ -276,28 +273,29 @@ def _inverse_control(em, rec, cfg, out: Path, show: bool) -> dict:
     """An inverse-dynamics network trained on the recording's training part (through the codec) reads the held
     keys from the held-out real frames (the ceiling), from the model's frames generated from the same starts with
     the same actions, and from the real frames paired with another start's actions (chance)."""
-    from safetensors.numpy import load_file, save_file
-
+    from worldmodel.checkpoint import CheckpointError, read_header, read_tensors, write_safetensors
     from worldmodel.eval import inverse
     from worldmodel.eval.drift import through_codec
     from worldmodel.eval.fidelity import _sessions, pick_starts
-    from worldmodel.train.data import Stretch, held_out_episodes, held_out_split
+    from worldmodel.train.data import held_out_episodes, split_or_all
 
     c, space = cfg.control, em.info.action_space
     keys, mouse = len(space.keys), space.mouse
     settings = inverse.IdmSettings(steps=c.idm_steps, batch=c.idm_batch)
     stamp_of = {**vars(settings), "frames": c.idm_frames, "seed": cfg.seed, "ckpt": str(Path(em.path).resolve())}
     roundtrip = lambda frames: through_codec(em.model.codec, frames)  # noqa: E731
+    train, _ = split_or_all(rec, em.model.metadata)  # all of it when too little to hold out, as the model may have
+    weights = out / "parts" / "idm.safetensors"  # kept, so that a resumed evaluation does not train it again
+    stamp = json.dumps(stamp_of)
     try:
-        train, _ = held_out_split(rec, em.model.metadata)
-    except InputError:  # too little to hold out: it trains on all, as the model may have
-        train = [Stretch(e) for e in rec if e.length > 0]
-    weights = out / "parts" / "idm.safetensors"
-    stamp = {"settings": json.dumps(stamp_of)}
-    idm = inverse.InverseDynamics(keys, mouse, settings.width)
+        header = read_header(weights, "inverse-dynamics weights") if weights.exists() else {}
+        saved = read_tensors(weights, header, "inverse-dynamics weights") if header.get("settings") == stamp else None
+    except CheckpointError:  # a damaged file from a stopped run: train again
+        saved = None
     seconds = 0.0
-    if weights.exists() and _safetensors_metadata(weights) == stamp:
-        idm.load_state_dict({k: torch_from(v) for k, v in load_file(str(weights)).items()})
+    if saved is not None:
+        idm = inverse.InverseDynamics(keys, mouse, settings.width)
+        idm.load_state_dict(saved)
         idm.eval()
     else:
         t0 = time.perf_counter()
@@ -305,9 +303,7 @@ def _inverse_control(em, rec, cfg, out: Path, show: bool) -> dict:
         with _bar(settings.steps, "control: inverse dynamics", show) as bar:
             idm = inverse.train_inverse(runs, keys, mouse, settings, cfg.seed, bar.update)
         seconds = time.perf_counter() - t0
-        tmp = weights.with_name("idm.tmp.safetensors")
-        save_file({k: v.numpy() for k, v in inverse.state_dict_tensors(idm).items()}, str(tmp), metadata=stamp)
-        os.replace(tmp, weights)
+        write_safetensors(weights, idm.state_dict(), {"settings": stamp})
     S, n = cfg.start_frames, c.idm_horizon
     picks = pick_starts(held_out_episodes(rec, em.model.metadata), c.idm_starts, S, n + em.lookahead,
                         np.random.default_rng(cfg.seed + 1))
@@ -336,22 +332,6 @@ def _inverse_control(em, rec, cfg, out: Path, show: bool) -> dict:
     return {**read, "steps": settings.steps, "starts": len(picks),
             "horizon": n, "train_seconds": round(seconds, 1),
             "keys_held": float((real_a[:, :keys] > 0.5).any(1).mean())}
-
-
-def torch_from(array):
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _safetensors_metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="np") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # a damaged file from a stopped run: train again
-        return {}
 
 
 def _speed(em, rec, cfg, game: str) -> dict:

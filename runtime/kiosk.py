@@ -148,10 +148,9 @@ class DegenerateFrames(RuntimeError):
 
 def attract_agent(name: str, source: FrameSource, seed: int):
     """The agent of attract mode: ``auto`` is the game's heuristic agent where it has one, else random."""
-    from games.agents import HEURISTICS, RandomAgent, make_agent
+    from games.agents import RandomAgent, agent_name, make_agent
 
-    if name == "auto":
-        name = "heuristic" if any(isinstance(source.game, game) for game in HEURISTICS) else "random"
+    name = agent_name(name, source.game)  # auto: no real game behind the source (a world model alone) is random
     if name == "random":
         return RandomAgent(source, seed)  # needs only the source's action space and tick count
     # a source with no real game behind it (a world model alone) gets make_agent's "no heuristic agent" error

@@ -174,8 +174,3 @@ def accuracy(idm: InverseDynamics, frames: np.ndarray, actions: np.ndarray, name
         if moved.any():
             out["mouse"] = float((np.sign(move[moved]) == np.sign(true[moved])).all(1).mean())
     return out
-
-
-def state_dict_tensors(idm: InverseDynamics) -> dict[str, torch.Tensor]:
-    """Its weights for a safetensors file (a resumed evaluation does not train it again)."""
-    return {k: v.contiguous() for k, v in idm.state_dict().items()}

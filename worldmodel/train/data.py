@@ -197,14 +197,20 @@ def held_out_split(recording: Recording, metadata: dict) -> tuple[list[Stretch],
     return split_recording(recording, split.val_fraction, seed=split.seed, gap=split.gap)
 
 
+def split_or_all(recording: Recording, metadata: dict) -> tuple[list[Stretch], list[Stretch]]:
+    """``held_out_split``, or (every non-empty episode, nothing held out) when the recording is too small to cut:
+    a model is then scored on what it may have seen."""
+    try:
+        return held_out_split(recording, metadata)
+    except RecordingError:
+        return [Stretch(e) for e in recording if e.length > 0], []
+
+
 def held_out_episodes(recording: Recording, metadata: dict) -> list[Stretch]:
     """The stretches the checkpoint's teacher held out, or every non-empty episode if it held none out (or the
-    recording cannot be split: a model is then scored on what it may have seen)."""
-    try:
-        _, held = held_out_split(recording, metadata)
-    except RecordingError:
-        held = []
-    return held or [Stretch(e) for e in recording if e.length > 0]
+    recording cannot be split: ``split_or_all``)."""
+    train, held = split_or_all(recording, metadata)
+    return held or train
 
 
 def causing_actions(actions: np.ndarray) -> np.ndarray:
