@@ -1,5 +1,3 @@
-import sys
+from runtime.cli import entry
 
-from runtime.cli import main
-
-sys.exit(main())
+entry()

@@ -10,6 +10,7 @@ import importlib
 import inspect
 import os
 import sys
+import threading
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
@@ -151,6 +152,18 @@ def run(command: str, overrides: list[str]) -> int:
     return int(result or 0)
 
 
+def entry() -> None:
+    """The ``rollingworld`` console command: ``main``, then exit with its code."""
+    rc = main()
+    if any(t.name == "rollingworld-compile" and t.is_alive() for t in threading.enumerate()):
+        # a background compile (WorldSession) still running, the player having quit within seconds: everything
+        # is closed and flushed, and the interpreter would abort tearing the thread down inside torch's C++ code
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -180,4 +193,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

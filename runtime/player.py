@@ -242,11 +242,31 @@ class PlaySession:
         return PlayResult(stats, stats.ticks + 1, self.frame, self.quit_by_user)
 
 
-def play_source(source: FrameSource, cfg, agent=None) -> int:
-    """Play any frame source (a game through ``GameSource``, a world model through ``WorldSource``) with the
-    settings of ``cfg`` (a ``GameCommandConfig``, or ``play``'s ``PlayConfig`` with ``record`` None)."""
+def open_display(cfg, frame_wh: tuple[int, int], name: str):
+    """The window (or, ``headless``, the EGL framebuffer) for frames of ``frame_wh`` = (W, H) with the settings of
+    ``cfg``: opened before a world model loads, so the player sees it at once (``show_loading``)."""
     rt = cfg.runtime
-    size = (source.width * rt.scale, source.height * rt.scale)
+    size = (frame_wh[0] * rt.scale, frame_wh[1] * rt.scale)
+    if cfg.headless:
+        return OffscreenDisplay(size, filter=rt.filter)
+    return Window(size, title=f"rollingworld: {name}", filter=rt.filter, fullscreen=rt.fullscreen, vsync=rt.vsync)
+
+
+def show_loading(display, frame_wh: tuple[int, int], lines: list[str]) -> None:
+    """A dark frame with ``lines`` in the middle: what the window shows while a world model loads."""
+    import pygame
+
+    panel = TextPanel(size=max(14, min(24, display.size[1] // 24)))
+    display.show(np.full((frame_wh[1], frame_wh[0], 3), 16, np.uint8), (Overlay(panel.render(lines), "center"),))
+    if pygame.display.get_init():
+        pygame.event.pump()  # the window manager sees a live window, not a hung one
+
+
+def play_source(source: FrameSource, cfg, agent=None, display=None) -> int:
+    """Play any frame source (a game through ``GameSource``, a world model through ``WorldSource``) with the
+    settings of ``cfg`` (a ``GameCommandConfig``, or ``play``'s ``PlayConfig`` with ``record`` None), on
+    ``display`` (None: one opened here)."""
+    rt = cfg.runtime
     bindings = resolve_bindings(source.action_space, source.default_bindings,
                                 OmegaConf.to_container(rt.bindings) if rt.bindings else None)
     controls = Controls(OmegaConf.to_container(rt.controls) if rt.controls else {}, bindings)
@@ -255,11 +275,8 @@ def play_source(source: FrameSource, cfg, agent=None) -> int:
         handler.setFormatter(logging.Formatter("rollingworld: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    if cfg.headless:
-        display = OffscreenDisplay(size, filter=rt.filter)
-    else:
-        display = Window(size, title=f"rollingworld: {source.name}", filter=rt.filter,
-                         fullscreen=rt.fullscreen, vsync=rt.vsync)
+    if display is None:
+        display = open_display(cfg, (source.width, source.height), source.name)
     writer = episode = None
     if cfg.record:
         from games.data.writer import RecordingWriter

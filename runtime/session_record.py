@@ -14,6 +14,10 @@ each restart by the player (the reset control; ticks go on counting)::
 
     {"tick": 1, "action": [1.0, 0.0], "frame_sha1": "..."}
     {"reset": {"seed": 4, "start_seed": 3}, "frame_sha1": "..."}
+    {"tick": 212, "action": [0.0, 0.0], "frame_sha1": "...", "compiled": true}
+
+``"compiled": true`` marks the first tick that ran the compiled pass, when the tick compiled in the background
+(``background_compile``): compiled and eager ticks differ by float rounding, so a replay switches at that tick too.
 
 ``frame_sha1`` is the sha1 of the shown frame's uint8 bytes (the header's is the start frame's): the mp4 is lossy,
 the hashes are the lossless record that ``rollingworld replay`` checks regenerated frames against. Every line is
@@ -85,6 +89,7 @@ class SessionRecorder(FrameSource):
         self._log = open(self.path, "w", encoding="utf-8")
         self.ticks = 0
         self._started = False
+        self._compiled = False  # whether a tick has run compiled yet
 
     @property
     def latency_ticks(self) -> int:
@@ -116,7 +121,11 @@ class SessionRecorder(FrameSource):
         frame = self.source.step(action)
         self.ticks += 1
         vec = self.source.action_space.validate(action)
-        self._write({"tick": self.ticks, "action": [float(v) for v in vec], "frame_sha1": frame_sha1(frame)})
+        line = {"tick": self.ticks, "action": [float(v) for v in vec], "frame_sha1": frame_sha1(frame)}
+        session = getattr(self.source, "session", None)
+        if session is not None and session.compiled and not self._compiled:
+            self._compiled = line["compiled"] = True
+        self._write(line)
         self.video.write(frame)
         return frame
 
@@ -139,6 +148,7 @@ class SessionLog:
     action_space: ActionSpace
     events: list[tuple[str, np.ndarray | dict]]  # ("tick", action float32 [A]) or ("reset", reset's keywords)
     hashes: list[str]  # frame sha1s: the start frame, then one per event
+    compiled_at: int | None = None  # the first tick that ran the compiled pass (background compile), if marked
 
     @property
     def actions(self) -> np.ndarray:
@@ -190,7 +200,7 @@ def read_session(path) -> SessionLog:
     if not _is_sha(header["frame_sha1"], 40):
         bad(1, "header field 'frame_sha1' is not a sha1")
 
-    events, hashes, ticks = [], [header["frame_sha1"]], 0
+    events, hashes, ticks, compiled_at = [], [header["frame_sha1"]], 0, None
     for n, obj in objects[1:]:
         if not _is_sha(obj.get("frame_sha1"), 40):
             bad(n, "'frame_sha1' is missing or not a sha1")
@@ -209,8 +219,12 @@ def read_session(path) -> SessionLog:
         if not (isinstance(vec, list) and len(vec) == space.size
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vec)):
             bad(n, f"'action' must be a list of {space.size} numbers ({', '.join(space.names)})")
+        if "compiled" in obj:
+            if obj["compiled"] is not True or compiled_at is not None:
+                bad(n, "'compiled' must be true, on one tick only (the first that ran compiled)")
+            compiled_at = ticks
         events.append(("tick", np.asarray(vec, np.float32)))
-    return SessionLog(path, header, space, events, hashes)
+    return SessionLog(path, header, space, events, hashes, compiled_at)
 
 
 def verified_checkpoint(log: SessionLog, ckpt=None) -> Path:

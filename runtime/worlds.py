@@ -19,9 +19,34 @@ from runtime.compare import CompareSource
 from runtime.source import FrameSource
 
 
+def compile_cache_dir() -> Path:
+    """Where torch keeps the compiled tick between runs: ``$TORCHINDUCTOR_CACHE_DIR`` if set, else
+    ``$XDG_CACHE_HOME/rollingworld/inductor-<torch version>`` (``~/.cache``): private to the user (mode 0700) and
+    kept across reboots, unlike torch's default under /tmp, so a kiosk restarts warm. Torch keys every entry by
+    its own version and the compiled graph, so a changed model is compiled anew; the version in the name keeps
+    caches of different torch builds apart."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "unknown"
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rollingworld"
+    return root / f"inductor-{torch_version}"
+
+
 def torch_threads(threads: int):
-    """torch, with ``threads`` threads (0: torch's default). Imported here so that the wait policy is set first."""
+    """torch, with ``threads`` threads (0: torch's default). Imported here so that the wait policy and the compile
+    cache's place are set first."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # measured: spinning OpenMP threads collapse on a busy core
+    cache = compile_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    except OSError:  # a read-only home: torch's own default place
+        pass
     import torch
 
     if threads:
@@ -29,10 +54,11 @@ def torch_threads(threads: int):
     return torch
 
 
-def engine_config(cfg, ckpt=None):
+def engine_config(cfg, ckpt=None, background_compile: bool = False):
     """The engine settings of the command config ``cfg`` (a ``runtime.config.EngineChoice``) for the checkpoint
     ``ckpt`` (default ``cfg.ckpt``): ``mode``, ``window``, ``sink`` and ``recent`` left None are those it was
-    distilled with."""
+    distilled with. ``background_compile``: with ``compile``, tick eager at once while the tick compiles (what
+    a player or a kiosk wants); else the first reset waits for the compiler (what a measurement wants)."""
     from worldmodel.checkpoint import read_model_info
     from worldmodel.engine.config import EngineConfig
 
@@ -40,7 +66,7 @@ def engine_config(cfg, ckpt=None):
     info = read_model_info(ckpt) if ckpt else None  # the header only: the weights are loaded once, later
     return EngineConfig.for_model(info, mode=cfg.mode, window=cfg.window, sink=cfg.sink, recent=cfg.recent,
                                   teacher_steps=cfg.teacher_steps, fuse_reencode=cfg.fuse_reencode,
-                                  compile=cfg.compile)
+                                  compile=cfg.compile, background_compile=background_compile)
 
 
 def load_session(ckpt, engine_cfg, threads: int):
@@ -144,15 +170,25 @@ class WorldSource(FrameSource):
                                  "frames (rollingworld bundle stores them): use rollingworld dream start=IMAGE")
             start = self._start_game.reset(pick)
         self.t = 0
-        cfg = self.session.cfg
-        if cfg.compile and cfg.rolling and not self.session.compiled:
-            print("compiling the world model's tick (about a minute the first time, seconds once cached; "
-                  "compile=false starts at once)", file=sys.stderr, flush=True)
-        return self.session.reset(start, seed=seed)
+        session = self.session
+        cfg = session.cfg
+        if cfg.compile and cfg.rolling and not session.compiled and not session.compiling:
+            if cfg.background_compile:
+                print("playing at once; compiling the tick meanwhile (seconds once cached, about a minute the first "
+                      "time), then switching to it", file=sys.stderr, flush=True)
+            else:
+                print("compiling the world model's tick (seconds once cached, about a minute the first time; "
+                      "compile=false starts at once)", file=sys.stderr, flush=True)
+        return session.reset(start, seed=seed)
 
     def step(self, action) -> np.ndarray:
         self.t += 1
-        return self.session.step(action)
+        compiled = self.session.compiled
+        frame = self.session.step(action)
+        if self.session.compiled and not compiled:
+            print(f"switched to the compiled tick (compiled in {self.session.compile_seconds:.1f} s)",
+                  file=sys.stderr, flush=True)
+        return frame
 
 
 def build_source(ckpt, engine_cfg, threads: int, compare: bool):

@@ -178,3 +178,81 @@ def test_compiled_tick_matches_eager_and_compiles_at_reset():
         assert (s._tick_net is not None) == compiled  # compiled during reset, before any tick
         frames[compiled] = np.stack([s.step(SPACE.encode(["UP"] if t % 3 else [])) for t in range(10)])
     assert np.abs(frames[True].astype(int) - frames[False].astype(int)).max() <= 1
+
+
+class GatedCompiler:
+    """Stands in for ``torch.compile``: returns the function itself, wrapped to count calls, but only once
+    ``release`` is set, so a test holds the background compile for as long as it wants."""
+
+    def __init__(self):
+        self.release, self.calls = __import__("threading").Event(), 0
+
+    def __call__(self, fn, **_):
+        assert self.release.wait(30), "the test never released the compiler"
+
+        def compiled(*args, **kw):
+            self.calls += 1
+            return fn(*args, **kw)
+        return compiled
+
+
+def test_background_compile_plays_eager_at_once_then_switches_between_ticks(monkeypatch):
+    compiler = GatedCompiler()
+    monkeypatch.setattr(torch, "compile", compiler)
+    keys = [SPACE.encode(["UP"] if t % 3 else []) for t in range(14)]
+    eager = _session(sink=1, recent=2)
+    eager.reset(_start(1), seed=5)
+    want = np.stack([eager.step(a) for a in keys])
+
+    s = _session(sink=1, recent=2, compile=True, background_compile=True)
+    s.reset(_start(1), seed=5)  # returns while the compiler is held: nothing waits for it
+    assert s.compiling and not s.compiled
+    got = [s.step(a) for a in keys[:5]]
+    assert compiler.calls == 0 and not s.compiled  # ticks ran eager meanwhile
+    compiler.release.set()
+    s._compiler.join(30)  # compiled and warmed on a cache of its own ...
+    warm_calls = compiler.calls
+    assert warm_calls > 0 and not s.compiled  # ... and taken into use only at the next tick's start
+    got += [s.step(a) for a in keys[5:]]
+    assert s.compiled and compiler.calls > warm_calls and s.compile_error is None
+    np.testing.assert_array_equal(np.stack(got), want)  # the warm-up touched nothing of the session's state
+
+
+def test_a_failed_background_compile_leaves_the_session_eager(monkeypatch):
+    def broken(fn, **_):
+        raise RuntimeError("no C++ compiler here\nmore lines")
+    monkeypatch.setattr(torch, "compile", broken)
+    s = _session(sink=1, recent=2, compile=True, background_compile=True)
+    s.reset(_start(1), seed=0)
+    assert not s.wait_compiled(30)
+    assert s.compile_error == "RuntimeError: no C++ compiler here"
+    assert s.step(SPACE.encode(["UP"])).shape == (32, 32, 3)
+
+
+def test_hold_eager_keeps_a_compiled_session_eager_until_released(monkeypatch):
+    compiler = GatedCompiler()
+    compiler.release.set()
+    monkeypatch.setattr(torch, "compile", compiler)
+    s = _session(sink=1, recent=2, compile=True)  # compiled at reset, as replay does
+    s.hold_eager = True
+    s.reset(_start(1), seed=0)
+    calls = compiler.calls
+    s.step(SPACE.encode([]))
+    assert not s.compiled and compiler.calls == calls
+    s.hold_eager = False
+    s.step(SPACE.encode([]))
+    assert s.compiled and compiler.calls > calls
+
+
+@pytest.mark.slow
+def test_background_compile_with_torch_compile_switches_and_matches_eager():
+    keys = [SPACE.encode(["UP"] if t % 3 else []) for t in range(8)]
+    eager = _session(sink=1, recent=2)
+    eager.reset(_start(1), seed=5)
+    want = np.stack([eager.step(a) for a in keys])
+    s = _session(sink=1, recent=2, compile=True, background_compile=True)
+    s.reset(_start(1), seed=5)
+    got = [s.step(keys[0])]
+    assert s.wait_compiled(600), s.compile_error
+    got += [s.step(a) for a in keys[1:]]
+    assert np.abs(np.stack(got).astype(int) - want.astype(int)).max() <= 1  # fp32 rounding only

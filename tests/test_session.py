@@ -225,3 +225,51 @@ def test_play_and_kiosk_bad_checkpoint_or_game_are_one_line_errors(cli, tmp_path
                           "not a safetensors file")
     assert_one_line_error(cli("kiosk", "game=tetris", "headless=true", "frames=2", env=NO_DISPLAY), "tetris", "pong")
     assert_one_line_error(cli("game", "game=tetris", "headless=true", "frames=2", env=NO_DISPLAY), "tetris", "pong")
+
+
+def test_a_session_that_switched_to_the_compiled_tick_replays_with_the_switch_at_the_same_tick(ckpt, tmp_path,
+                                                                                                 monkeypatch):
+    """Compiled and eager ticks differ (here on purpose, by a visible amount; in life by rounding): the sidecar marks
+    the first compiled tick and replay switches there, so every frame matches."""
+    import threading
+
+    from runtime.commands import replay
+    from runtime.session_record import SessionRecorder, session_header
+    from runtime.worlds import build_source
+    from worldmodel.engine.config import EngineConfig
+
+    release = threading.Event()
+
+    def compile_off_by_a_little(fn, **_):
+        assert release.wait(30)
+
+        def compiled(*args, **kw):
+            out = fn(*args, **kw)
+            if isinstance(out, tuple):  # the denoiser's pass: (clean prediction, keys/values)
+                return (out[0] + 0.05, out[1])
+            return out if not out.is_floating_point() else out + 0.05
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_off_by_a_little)
+    engine = EngineConfig(compile=True, background_compile=True)
+    source = build_source(ckpt, engine, 1, False)
+    video = tmp_path / "s.mp4"
+    recorder = SessionRecorder(source, video, session_header(ckpt, source.session, 2, 1, False, video))
+    try:
+        recorder.reset(2)
+        for t in range(8):
+            if t == 3:
+                release.set()
+                source.session._compiler.join(30)
+            recorder.step(source.action_space.encode(["UP"] if t % 2 else []))
+    finally:
+        recorder.close()
+    log = read_session(tmp_path / "s.jsonl")
+    assert log.compiled_at == 4
+    assert replay.run(replay.ReplayConfig(session=str(tmp_path / "s.jsonl"), headless=True)) == 0
+
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    unmarked = tmp_path / "unmarked.jsonl"  # the same session without its marker: replay compiles from tick 1
+    unmarked.write_text("\n".join(line.replace(', "compiled": true', "") for line in lines) + "\n")
+    assert read_session(unmarked).compiled_at is None
+    assert replay.run(replay.ReplayConfig(session=str(unmarked), headless=True)) == 1

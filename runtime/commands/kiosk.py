@@ -30,7 +30,7 @@ class KioskSettings(EngineChoice, KioskConfig):
     frames: Optional[int] = None  # stop after this many ticks in all (tests, soak runs); None: until exit_keys/SIGTERM
     headless: bool = False  # render offscreen with EGL (no window, no input: attract mode only)
     log: str = "kiosk.log"  # event log, appended, one line per event: <ISO time> <event> key=value ...
-    compile: bool = True  # as in play: compile the rolling tick at start-up (a kiosk runs for days)
+    compile: bool = False  # as in play: true compiles the tick in the background and switches to it
     threads: int = 1  # torch threads (the other core runs the window and input)
 
 
@@ -48,7 +48,7 @@ def _source_builder(cfg):
     from runtime.worlds import WorldSource
     from runtime.worlds import engine_config, load_session
 
-    return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg), cfg.threads))
+    return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg, background_compile=True), cfg.threads))
 
 
 def _display(cfg, source):

@@ -8,6 +8,7 @@ frames shown and a JSONL sidecar that ``rollingworld replay`` regenerates them f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from games.data.errors import InputError
@@ -20,8 +21,9 @@ class PlayConfig(EngineChoice):
     game: Any = None  # configs/game/<name>.yaml: with ckpt None, play the world model bundled for it (game=maze)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)  # the window, its tick, the controls
     ckpt: Optional[str] = None  # world model checkpoint; None = the bundled assets/<game>.safetensors
-    compile: bool = True  # torch.compile the fixed-shape rolling tick at start-up: ~1.3x faster ticks; the first
-    #                       start compiles for about a minute, later ones reuse the cache (~10 s). false: at once
+    compile: bool = False  # true: torch.compile the tick in the background while playing eager, then switch to it.
+    #                        Off by default: on a 2-core CPU the bundled models' eager tick holds 30/s with a core
+    #                        busy, and compiling costs seconds of late ticks for a ~15 % faster tick (docs/engine.md)
     threads: int = 1  # torch threads (the other core runs the window and input)
     seed: int = 0
     frames: Optional[int] = None  # stop after this many ticks
@@ -46,25 +48,38 @@ def _agent(name, source, seed: int):
 
 
 def run(cfg) -> int:
-    from runtime.player import play_source
+    from runtime.compare import GAP
+    from runtime.player import open_display, play_source, show_loading
+    from worldmodel.checkpoint import read_model_info
 
     if cfg.record and not cfg.record.endswith(".mp4"):
         raise InputError(f"record= takes an .mp4 path (the JSONL sidecar goes beside it), got {cfg.record}")
     ckpt = cfg.ckpt or bundled_checkpoint(cfg.game.name if cfg.game.name != "gym" else f"gym:{cfg.game.env_id}")
-    source = build_source(ckpt, engine_config(cfg, ckpt), cfg.threads, cfg.compare)
-    agent = _agent(cfg.agent, source, cfg.seed)
+    info = read_model_info(ckpt)  # the header only: the window opens before the weights load
+    h, w = info.frame_size
+    frame_wh = (2 * w + GAP, h) if cfg.compare else (w, h)
+    display = open_display(cfg, frame_wh, f"{info.game} (world model)")
     recorder = None
-    if cfg.record:
-        import torch
+    try:
+        show_loading(display, frame_wh, [f"loading {Path(ckpt).name}", f"{info.game}, {w}x{h}"])
+        source = build_source(ckpt, engine_config(cfg, ckpt, background_compile=True), cfg.threads, cfg.compare)
+        show_loading(display, frame_wh, [f"loaded {Path(ckpt).name}", "starting the world"])
+        agent = _agent(cfg.agent, source, cfg.seed)
+        if cfg.record:
+            import torch
 
-        from runtime.session_record import SessionRecorder, session_header
+            from runtime.session_record import SessionRecorder, session_header
 
-        header = session_header(ckpt, source.session, cfg.seed, torch.get_num_threads(), cfg.compare, cfg.record)
-        source = recorder = SessionRecorder(source, cfg.record, header)
+            header = session_header(ckpt, source.session, cfg.seed, torch.get_num_threads(), cfg.compare,
+                                    cfg.record)
+            source = recorder = SessionRecorder(source, cfg.record, header)
+    except BaseException:
+        display.close()
+        raise
     loop_cfg = cfg.copy()
     loop_cfg.record = None  # play_source's own ``record`` is the game command's dataset episode
     try:
-        return play_source(source, loop_cfg, agent)
+        return play_source(source, loop_cfg, agent, display=display)
     finally:
         if recorder is not None:
             recorder.close()

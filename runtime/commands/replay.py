@@ -8,7 +8,7 @@ frames. Exit status 0 when every frame is identical, 1 at the first one that is 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -63,6 +63,9 @@ class _Replay:
         if kind == "reset":
             return self._seen(self.source.reset(**arg), restart=True)
         self.ticks += 1
+        session = getattr(self.source, "session", None)
+        if session is not None and self.ticks == self.log.compiled_at:
+            session.hold_eager = False  # the recorded session switched to the compiled pass at this tick
         return self._seen(self.source.step(arg))
 
 
@@ -128,7 +131,11 @@ def run(cfg) -> int:
     except TypeError as e:
         raise InputError(f"{log.path}: line 1: bad engine settings: {e}") from None
     threads = cfg.threads if cfg.threads is not None else header["threads"]
+    held = engine.compile and engine.background_compile  # recorded: eager until the tick marked "compiled"
+    engine = replace(engine, background_compile=False)  # compile now, switch at the recorded tick
     source = build_source(ckpt, engine, threads, header["compare"])
+    if held:
+        source.session.hold_eager = True
     if source.action_space != log.action_space:
         raise InputError(f"{log.path} was recorded with other controls than {ckpt} has")
     video = None

@@ -32,6 +32,7 @@ class EngineConfig:
     teacher_steps: int = 16  # Euler steps per frame in teacher mode
     fuse_reencode: bool = True  # rolling: compute the emitted frame's clean keys/values in the next tick's pass
     compile: bool = False  # rolling + fused: torch.compile the fixed-shape tick at the first reset (not in a tick)
+    background_compile: bool = False  # compile in a thread and tick eager until it is ready (no wait at reset)
 
     def __post_init__(self):
         if self.mode not in MODES:
