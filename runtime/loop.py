@@ -16,24 +16,66 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+def seconds_since_process_start() -> float | None:
+    """Wall seconds since this process started (Linux: /proc), interpreter start-up and imports included; None
+    where /proc cannot tell."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+HIST_MS = 0.25  # width of a bin of the tick-time histogram (ms); the last bin holds everything over 1 s
+
+
 @dataclass
 class TickStats:
     ticks: int = 0
     overruns: int = 0  # ticks whose work took longer than the period
     tick_ms: deque = field(default_factory=lambda: deque(maxlen=120))  # work time of recent ticks
+    # work time of every tick, as a histogram (constant memory however long a kiosk runs)
+    hist: list = field(default_factory=lambda: [0] * (int(1000 / HIST_MS) + 1))
     start: float = 0.0
     end: float = 0.0
+
+    def add(self, ms: float) -> None:
+        self.tick_ms.append(ms)
+        self.hist[min(int(ms / HIST_MS), len(self.hist) - 1)] += 1
 
     @property
     def fps(self) -> float:
         """Ticks per second over the whole run."""
         return self.ticks / max(self.end - self.start, 1e-9)
 
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile of every tick's work time (ms, to the histogram's bin: 0.25 ms)."""
+        total = sum(self.hist)
+        if not total:
+            return 0.0
+        need, seen = q / 100.0 * total, 0
+        for i, n in enumerate(self.hist):
+            seen += n
+            if seen >= need:
+                return (i + 1) * HIST_MS
+        return len(self.hist) * HIST_MS
+
+    def figures(self) -> dict:
+        """What a play-level measurement reports (``play stats=FILE``)."""
+        return {"ticks": self.ticks, "seconds": round(self.end - self.start, 3), "ticks_per_s": round(self.fps, 2),
+                "overruns": self.overruns, "overrun_percent": round(100.0 * self.overruns / max(self.ticks, 1), 2),
+                "tick_ms_p50": self.percentile(50), "tick_ms_p99": self.percentile(99),
+                "tick_ms_max": self.percentile(100)}
+
     def summary(self) -> str:
-        ms = sorted(self.tick_ms)
-        p50 = ms[len(ms) // 2] if ms else 0.0
         return (f"{self.ticks} ticks in {self.end - self.start:.1f} s ({self.fps:.1f}/s), "
-                f"tick work p50 {p50:.1f} ms, {self.overruns} overruns")
+                f"tick work p50 {self.percentile(50):.1f} ms, p99 {self.percentile(99):.1f} ms, "
+                f"{self.overruns} overruns")
 
 
 class TickLoop:
@@ -65,7 +107,7 @@ class TickLoop:
             began = self.clock()
             keep_going = tick(t)
             now = self.clock()
-            stats.tick_ms.append((now - began) * 1000.0)
+            stats.add((now - began) * 1000.0)
             t += 1
             stats.ticks = t
             if keep_going is False:

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from runtime.display import OffscreenDisplay, Overlay, Window
 from runtime.hud import PlayMeter, TextPanel, format_hud, help_lines
 from runtime.input import Controls, InputMapper, resolve_bindings
-from runtime.loop import TickLoop, TickStats
+from runtime.loop import TickLoop, TickStats, seconds_since_process_start
 from runtime.source import FrameSource
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -75,6 +75,7 @@ class PlaySession:
         self._overran_at = -1  # the tick after the last overrun
         self._overruns_unlogged, self._logged_at = 0, float("-inf")
         self._shots = 0
+        self.first_frame_s: float | None = None  # seconds from the process's start to the first frame shown
 
     # -- the player's controls --
 
@@ -233,6 +234,7 @@ class PlaySession:
         self.frame = self.source.reset(seed)
         self.meter.restart()
         self._show()
+        self.first_frame_s = seconds_since_process_start()
         self._grab(True)
         try:
             with self.loop.stop_on_signals():
@@ -240,6 +242,22 @@ class PlaySession:
         finally:
             self._grab(False)
         return PlayResult(stats, stats.ticks + 1, self.frame, self.quit_by_user)
+
+
+def write_stats(path, session: PlaySession, source) -> None:
+    """The play-level measurement: ticks/s, overruns, tick work percentiles over the whole session, and the
+    seconds from the process's start to the first frame, as JSON (``play stats=FILE``)."""
+    import json
+
+    figures = {"source": source.name, "fps_target": round(1.0 / session.loop.period, 2),
+               "first_frame_s": None if session.first_frame_s is None else round(session.first_frame_s, 3),
+               **session.loop.stats.figures()}
+    engine = getattr(source, "session", None)
+    if engine is not None:
+        figures.update(compile=bool(engine.cfg.compile), compiled=engine.compiled,
+                       compile_seconds=engine.compile_seconds)
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=2)
 
 
 def open_display(cfg, frame_wh: tuple[int, int], name: str):
@@ -314,6 +332,8 @@ def play_source(source: FrameSource, cfg, agent=None, display=None) -> int:
         result = session.run(seed=cfg.seed, frames=cfg.frames)
         if video is not None:
             video.write(result.last_frame)
+        if cfg.get("stats"):
+            write_stats(cfg.stats, session, source)
     finally:
         if episode is not None:
             episode.close()

@@ -135,6 +135,11 @@ def bundled_checkpoint(game: str) -> Path:
     return path
 
 
+def game_name(game_cfg) -> str:
+    """The name a ``game`` config group entry goes by: ``pong``, ``maze``, ``gym:<env id>``."""
+    return f"gym:{game_cfg.env_id}" if game_cfg.name == "gym" else game_cfg.name
+
+
 class WorldSource(FrameSource):
     """A world model as a frame source for the play loop: ``reset(seed)`` starts from the start frames stored in
     the checkpoint, else from its game's start screen."""

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from games.data.errors import InputError
 from runtime.config import EngineChoice, RuntimeSettings
-from runtime.worlds import build_source, bundled_checkpoint, engine_config
+from runtime.worlds import build_source, bundled_checkpoint, engine_config, game_name
 
 
 @dataclass
@@ -32,6 +32,7 @@ class PlayConfig(EngineChoice):
     video: Optional[str] = None  # also write the frames shown to this mp4
     compare: bool = False  # real game (left) | world model (right), the same inputs from the game's start screen
     record: Optional[str] = None  # FILE.mp4: save the frames shown, plus FILE.jsonl beside it for rollingworld replay
+    stats: Optional[str] = None  # FILE.json: the play-level measurement (ticks/s, overruns, tick p50/p99, first frame)
 
 
 def _agent(name, source, seed: int):
@@ -54,7 +55,7 @@ def run(cfg) -> int:
 
     if cfg.record and not cfg.record.endswith(".mp4"):
         raise InputError(f"record= takes an .mp4 path (the JSONL sidecar goes beside it), got {cfg.record}")
-    ckpt = cfg.ckpt or bundled_checkpoint(cfg.game.name if cfg.game.name != "gym" else f"gym:{cfg.game.env_id}")
+    ckpt = cfg.ckpt or bundled_checkpoint(game_name(cfg.game))
     info = read_model_info(ckpt)  # the header only: the window opens before the weights load
     h, w = info.frame_size
     frame_wh = (2 * w + GAP, h) if cfg.compare else (w, h)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from games.data.errors import InputError
 from runtime.bench import RandomPlayer, measure_speed
 from runtime.config import EngineChoice
-from runtime.worlds import engine_config, start_frames, torch_threads
+from runtime.worlds import engine_config, game_name, start_frames, torch_threads
 
 
 @dataclass
@@ -27,16 +27,16 @@ class DreamConfig(EngineChoice):
 
 @dataclass
 class BenchConfig(EngineChoice):
-    ckpt: Optional[str] = None  # a checkpoint; None = random weights of model= on game=
-    game: str = "pong"  # action space when ckpt is None (pong or maze)
-    width: int = 64  # frame size when ckpt is None
+    ckpt: Optional[str] = None  # a checkpoint; None = the model bundled for game= (what play runs), or model=
+    game: Any = None  # configs/game/<name>.yaml: the bundled model benchmarked (game=maze); with model=, its controls
+    model: Optional[str] = None  # random weights of this size instead (worldmodel.nn.dit.MODELS: tiny, small, ...)
+    width: int = 64  # frame size with model=
     height: int = 64
-    model: str = "small"  # the size benchmarked when ckpt is None (worldmodel.nn.dit.MODELS)
     # the denoiser's shape as in ``train`` (no torch import here: torch_threads sets OpenMP up before torch loads)
     patch: int = 8  # latent pixels per token side, with codec=pixels
     stack_prev: bool = True  # stack the previous frame into each frame's patches
     residual: bool = False  # predict the change from the previous frame
-    codec: str = "pixels"  # pixels (patch=) or conv_ae (16x16x4 latents, patch 4) when ckpt is None
+    codec: str = "pixels"  # pixels (patch=) or conv_ae (16x16x4 latents, patch 4) with model=
     compile: bool = True  # as play does: compile the rolling tick at start-up (start-up time is reported)
     frames: int = 10000  # ticks to run (figures at frame 100 and at the last frame)
     threads: int = 1  # torch threads (measured: 1 is faster than 2 here, docs/engine.md)
@@ -87,7 +87,7 @@ def _random_session(cfg, torch):
     size = cfg.model
     if size not in MODELS:
         raise InputError(f"unknown model size {size!r}; choose from {', '.join(MODELS)}")
-    game = make_game(cfg.game, width=cfg.width, height=cfg.height)
+    game = make_game(game_name(cfg.game), width=cfg.width, height=cfg.height)
     if cfg.codec == "pixels":
         codec, patch = make_codec({"type": "pixels"}), cfg.patch
     elif cfg.codec == "conv_ae":
@@ -98,7 +98,7 @@ def _random_session(cfg, torch):
     torch.manual_seed(0)
     net = make_model(size, stack_prev=cfg.stack_prev, residual=cfg.residual, channels=C, height=h, width=w, patch=patch,
                      action_dim=game.action_space.size)
-    info = ModelInfo(kind="random", action_space=game.action_space, game=cfg.game,
+    info = ModelInfo(kind="random", action_space=game.action_space, game=game_name(cfg.game),
                      frame_size=(game.height, game.width), fps=game.fps)
     session = WorldSession(Denoiser(net, NoiseSchedule()), codec, game.action_space, engine_config(cfg),
                            info.frame_size, info)
@@ -109,10 +109,13 @@ def bench(cfg) -> int:
     torch = torch_threads(cfg.threads)
     from worldmodel.engine.session import WorldSession
 
-    if cfg.ckpt:
-        session = WorldSession.from_checkpoint(cfg.ckpt, engine_config(cfg))
+    if cfg.ckpt or not cfg.model:
+        from runtime.worlds import bundled_checkpoint
+
+        ckpt = cfg.ckpt or str(bundled_checkpoint(game_name(cfg.game)))
+        session = WorldSession.from_checkpoint(ckpt, engine_config(cfg, ckpt))
         start = start_frames(session, "game", 0)
-        what = cfg.ckpt
+        what = ckpt
     else:
         session, start = _random_session(cfg, torch)
         what = f"model={cfg.model} codec={cfg.codec} (random weights)"
