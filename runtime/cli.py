@@ -57,11 +57,26 @@ POSITIONAL: dict[str, str] = {"replay": "session"}
 USAGE = "usage: rollingworld <command> [key=value ...]   (rollingworld <command> --help shows its settings)"
 
 
+TEST_HELP = "run this checkout's tests with pytest -q (arguments go to pytest: rollingworld test -k engine)"
+
+
 def _help() -> str:
     width = max(map(len, COMMANDS))
     lines = [USAGE, "", "commands:"]
     lines += [f"  {name:<{width}}  {desc}" for name, (desc, _) in COMMANDS.items()]
+    lines.append(f"  {'test':<{width}}  {TEST_HELP}")
     return "\n".join(lines)
+
+
+def run_tests(args: list[str]) -> int:
+    """``rollingworld test``: pytest over the checkout's tests, in this interpreter (the environment setup.sh chose)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "tests").is_dir():
+        raise InputError(f"no tests beside this install ({root}): they come with the source checkout")
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", *args], cwd=root)
 
 
 def _normalise_overrides(overrides: list[str]) -> list[str]:
@@ -170,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         print(_help())
         return 0
     command, overrides = args[0], args[1:]
+    if command == "test":
+        try:
+            return run_tests(overrides)
+        except InputError as e:
+            print(f"rollingworld test: error: {e}", file=sys.stderr)
+            return 2
     if command in POSITIONAL:
         plain = [a for a in overrides if "=" not in a and not a.startswith("-")]
         if len(plain) == 1:

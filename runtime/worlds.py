@@ -122,11 +122,28 @@ def start_frames(session, start: str, seed: int) -> np.ndarray:
         raise InputError(f"cannot read start image {start}: {e}") from None
 
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the bundled models, beside the packages (not the cwd)
+def _assets() -> Path:
+    """The folder of the bundled models: ``assets/`` beside the packages in a checkout (and an editable install,
+    never the working folder), else where ``pip install`` put them: ``<prefix>/share/rollingworld/assets``
+    (``pyproject.toml``'s data-files; the user's base for ``--user``)."""
+    checkout = Path(__file__).resolve().parents[1] / "assets"
+    if checkout.is_dir():
+        return checkout
+    import site
+
+    for prefix in (sys.prefix, site.getuserbase()):
+        installed = Path(prefix) / "share" / "rollingworld" / "assets"
+        if installed.is_dir():
+            return installed
+    return checkout
+
+
+ASSETS = _assets()
 
 
 def bundled_checkpoint(game: str) -> Path:
-    """``assets/<game>.safetensors``: the world model bundled for ``game``, or an InputError naming those there are."""
+    """``<assets>/<game>.safetensors``: the world model bundled for ``game``, or an InputError naming those there
+    are."""
     path = ASSETS / f"{game}.safetensors"
     if not path.is_file():
         have = sorted(p.stem for p in ASSETS.glob("*.safetensors"))
