@@ -5,7 +5,7 @@
 # Where it installs:
 #   - an active venv or conda env: there;
 #   - else a system Python that refuses pip (PEP 668: Debian, Ubuntu) or ROLLINGWORLD_VENV=1: a project venv, .venv,
-#     made here (the ./rollingworld launcher finds it);
+#     made here (the ./rollingworld launcher finds it); ROLLINGWORLD_VENV_OPTIONS adds words to `python -m venv`;
 #   - else the Python found ($PYTHON, default python3).
 # torch: a torch that is already installed (a CUDA build, say) is kept; with none, the CPU wheel torch==2.13.0 is
 # installed (on the project's CPU machines it lies on disk; a looser pin would fetch a multi-GB CUDA build).
@@ -26,8 +26,9 @@ if ! active_env; then
     if [[ -x .venv/bin/python ]]; then
         PY=.venv/bin/python  # made by an earlier run
     elif [[ "${ROLLINGWORLD_VENV:-}" == "1" ]] || externally_managed; then
-        echo "setup.sh: this Python is managed by the system (PEP 668): making a project venv in .venv" >&2
-        if ! "$PY" -m venv .venv; then
+        echo "setup.sh: making a project venv in .venv (the system Python is externally managed, PEP 668, or ROLLINGWORLD_VENV=1)" >&2
+        # shellcheck disable=SC2086  # ROLLINGWORLD_VENV_OPTIONS: extra words for venv (--system-site-packages)
+        if ! "$PY" -m venv ${ROLLINGWORLD_VENV_OPTIONS:-} .venv; then
             rm -rf .venv
             echo "setup.sh: could not make a venv: install the venv module (Debian/Ubuntu: sudo apt install python3-venv)" >&2
             exit 1
