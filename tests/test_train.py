@@ -197,3 +197,18 @@ def test_init_with_other_actions_or_a_codec_is_one_line_error(cli, init_teacher,
     assert_one_line_error(r, "init=", "codec")
     r = cli("train", f"data={maze}", f"out={tmp_path}/r", f"init={tmp_path}/none.safetensors", "steps=1")
     assert_one_line_error(r, "none.safetensors")
+
+
+def test_cuda_is_not_reached_by_accident_on_a_machine_without_it():
+    import torch
+
+    from games.data.errors import InputError
+    from worldmodel.train.processes import start_processes
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert start_processes("auto").device.type == "cpu"
+    with pytest.raises(InputError, match="device=cuda, but torch .* sees no CUDA device"):
+        start_processes("cuda")
+    with pytest.raises(InputError, match="auto, cpu or cuda"):
+        start_processes("gpu")

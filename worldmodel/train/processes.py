@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from games.data.errors import InputError
+
 
 @dataclass
 class Processes:
@@ -24,6 +26,10 @@ def start_processes(device: str = "auto", threads: int = 0) -> Processes:
     """Join the process group when ``torchrun`` started several processes; pick the device (``auto``: CUDA if
     there is one, the process's own GPU under torchrun) and torch's thread count (0 = torch's default)."""
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device=cuda, but torch {torch.__version__} sees no CUDA device here: device=cpu (or auto)")
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if distributed:
         dist.init_process_group("nccl" if cuda else "gloo")
