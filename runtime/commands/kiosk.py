@@ -51,19 +51,9 @@ def _source_builder(cfg):
     return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg, background_compile=True), cfg.threads))
 
 
-def _display(cfg, source):
-    from runtime.display import OffscreenDisplay, Window
-
-    rt = cfg.runtime
-    size = (source.width * rt.scale, source.height * rt.scale)
-    if cfg.headless:
-        return OffscreenDisplay(size, filter=rt.filter)
-    return Window(size, title=f"rollingworld: {source.name}", filter=rt.filter, fullscreen=rt.fullscreen,
-                  vsync=rt.vsync)
-
-
 def run(cfg) -> int:
     from runtime.input import Controls, InputMapper, resolve_bindings
+    from runtime.player import open_display, show_loading
 
     config = KioskConfig.from_settings(cfg)
     build = _source_builder(cfg)
@@ -75,10 +65,21 @@ def run(cfg) -> int:
     name = cfg.ckpt if cfg.get("ckpt") else cfg.game.get("env_id", cfg.game.name)
     events.event("start", source=name, pid=os.getpid(), headless=cfg.headless,
                  idle_seconds=config.idle_seconds, session_minutes=config.session_minutes)
+    display = None
     try:
-        first = build()
-        display = _display(cfg, first)
+        if cfg.get("ckpt"):  # a world model: the window first, saying what loads (the header gives the size)
+            from worldmodel.checkpoint import read_model_info
+
+            h, w = read_model_info(cfg.ckpt).frame_size
+            display = open_display(cfg, (w, h), f"{name} (world model)")
+            show_loading(display, (w, h), [f"loading {os.path.basename(cfg.ckpt)}"])
+            first = build()
+        else:
+            first = build()
+            display = open_display(cfg, (first.width, first.height), first.name)
     except InputError as e:  # a bad setting: one line on stderr (by the CLI) and in the log
+        if display is not None:
+            display.close()
         events.event("exit", reason="error", error=one_line(e))
         events.close()
         raise
