@@ -93,6 +93,7 @@ class EngineChoice:
     teacher_steps: int = EngineConfig.teacher_steps  # steps per frame in teacher mode
     fuse_reencode: bool = EngineConfig.fuse_reencode  # compute the emitted frame's clean keys/values in the next pass
     compile: bool = EngineConfig.compile  # torch.compile the fixed-shape rolling tick at start-up
+    device: str = "cpu"  # cpu | cuda | auto (cuda where torch sees one); cpu unless asked, never cuda by accident
 
 
 @dataclass

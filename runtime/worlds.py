@@ -69,12 +69,25 @@ def engine_config(cfg, ckpt=None, background_compile: bool = False):
                                   compile=cfg.compile, background_compile=background_compile)
 
 
-def load_session(ckpt, engine_cfg, threads: int):
-    """The ``WorldSession`` of ``ckpt`` with torch on ``threads`` threads (0: torch's default)."""
+def torch_device(name: str) -> str:
+    """The device a command's ``device=`` names: ``cpu``, ``cuda`` (an InputError where torch sees none), or
+    ``auto`` (cuda where torch sees one, else cpu)."""
+    import torch
+
+    if name not in ("cpu", "cuda", "auto"):
+        raise InputError(f"device must be cpu, cuda or auto, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device=cuda, but torch {torch.__version__} sees no CUDA device here: device=cpu (or auto)")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+
+
+def load_session(ckpt, engine_cfg, threads: int, device: str = "cpu"):
+    """The ``WorldSession`` of ``ckpt`` on ``device`` (``torch_device``) with torch on ``threads`` threads (0:
+    torch's default)."""
     torch_threads(threads)
     from worldmodel.engine.session import WorldSession
 
-    return WorldSession.from_checkpoint(ckpt, engine_cfg)
+    return WorldSession.from_checkpoint(ckpt, engine_cfg, device=torch_device(device))
 
 
 def checkpoint_game(session):
@@ -213,9 +226,9 @@ class WorldSource(FrameSource):
         return frame
 
 
-def build_source(ckpt, engine_cfg, threads: int, compare: bool):
+def build_source(ckpt, engine_cfg, threads: int, compare: bool, device: str = "cpu"):
     """The frame source ``play`` shows (and ``replay`` rebuilds): the world model, or real game | world model."""
-    session = load_session(ckpt, engine_cfg, threads)
+    session = load_session(ckpt, engine_cfg, threads, device)
     if compare:
         return CompareSource(checkpoint_game(session), session)
     return WorldSource(session)

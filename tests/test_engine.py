@@ -149,7 +149,7 @@ def test_dream_and_bench_commands(cli, tmp_path):
     assert "rss_mb_at_200" in figures and figures["fps_ratio_end_over_100"] > 0
     assert figures["busy_cores"] == 1 and figures["startup_s"] > 0 and len(figures["fps_by_block"]) == 1
     r = cli("bench", "codec=conv_ae", "model=tiny", "width=128", "height=96", "frames=200", "threads=1",
-            "compile=false", "progress=false", f"json={tmp_path}/wide.json")  # random weights at a 4:3 size
+            "compile=false", "progress=false", "device=auto", f"json={tmp_path}/wide.json")  # random weights, 4:3
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "wide.json").read_text())["tokens_per_frame"] == (96 // 16) * (128 // 16)
     r = cli("play", f"ckpt={ckpt}", "compile=false", "headless=true", "frames=3", "agent=random", "runtime.fps=100",
@@ -256,3 +256,30 @@ def test_background_compile_with_torch_compile_switches_and_matches_eager():
     assert s.wait_compiled(600), s.compile_error
     got += [s.step(a) for a in keys[1:]]
     assert np.abs(np.stack(got).astype(int) - want.astype(int)).max() <= 1  # fp32 rounding only
+
+
+def test_the_engine_never_reaches_cuda_by_accident(cli, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from tests.conftest import assert_one_line_error
+
+    for command in (("bench", "model=tiny", "frames=200"), ("play", "headless=true", "frames=3")):
+        assert_one_line_error(cli(*command, "device=cuda", env={"DISPLAY": ""}), "device=cuda", "no CUDA device",
+                              "device=cpu")
+    assert_one_line_error(cli("bench", "model=tiny", "device=gpu"), "cpu, cuda or auto")
+
+
+@pytest.mark.cuda
+def test_a_session_on_cuda_makes_the_frames_it_makes_on_the_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    keys = [SPACE.encode(["UP"] if t % 3 else []) for t in range(8)]
+    frames = {}
+    for device in ("cpu", "cuda"):
+        s = _session(sink=1, recent=2)
+        s.denoiser.to(device)
+        s.codec.to(device)
+        s.device = torch.device(device)
+        s.reset(_start(1), seed=5)
+        frames[device] = np.stack([s.step(a) for a in keys]).astype(int)
+    assert np.abs(frames["cuda"] - frames["cpu"]).mean() < 1.0  # other kernels, other rounding; the same world

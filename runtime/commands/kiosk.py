@@ -48,7 +48,8 @@ def _source_builder(cfg):
     from runtime.worlds import WorldSource
     from runtime.worlds import engine_config, load_session
 
-    return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg, background_compile=True), cfg.threads))
+    return lambda: WorldSource(load_session(cfg.ckpt, engine_config(cfg, background_compile=True), cfg.threads,
+                                            cfg.device))
 
 
 def run(cfg) -> int:

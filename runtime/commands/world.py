@@ -9,7 +9,7 @@ from typing import Any, Optional
 from games.data.errors import InputError
 from runtime.bench import RandomPlayer, measure_speed
 from runtime.config import EngineChoice
-from runtime.worlds import engine_config, game_name, start_frames, torch_threads
+from runtime.worlds import engine_config, game_name, start_frames, torch_device, torch_threads
 
 
 @dataclass
@@ -50,7 +50,7 @@ def dream(cfg) -> int:
     from games.data.video import VideoWriter
     from worldmodel.engine.session import WorldSession
 
-    session = WorldSession.from_checkpoint(cfg.ckpt, engine_config(cfg))
+    session = WorldSession.from_checkpoint(cfg.ckpt, engine_config(cfg), device=torch_device(cfg.device))
     space = session.action_space
     frames = cfg.frames
     if cfg.actions == "random":
@@ -100,8 +100,9 @@ def _random_session(cfg, torch):
                      action_dim=game.action_space.size)
     info = ModelInfo(kind="random", action_space=game.action_space, game=game_name(cfg.game),
                      frame_size=(game.height, game.width), fps=game.fps)
-    session = WorldSession(Denoiser(net, NoiseSchedule()), codec, game.action_space, engine_config(cfg),
-                           info.frame_size, info)
+    device = torch_device(cfg.device)
+    session = WorldSession(Denoiser(net, NoiseSchedule()).to(device), codec.to(device), game.action_space,
+                           engine_config(cfg), info.frame_size, info)
     return session, game.reset(0)
 
 
@@ -113,7 +114,7 @@ def bench(cfg) -> int:
         from runtime.worlds import bundled_checkpoint
 
         ckpt = cfg.ckpt or str(bundled_checkpoint(game_name(cfg.game)))
-        session = WorldSession.from_checkpoint(ckpt, engine_config(cfg, ckpt))
+        session = WorldSession.from_checkpoint(ckpt, engine_config(cfg, ckpt), device=torch_device(cfg.device))
         start = start_frames(session, "game", 0)
         what = ckpt
     else:
