@@ -6,9 +6,11 @@ folder never changes. Bad input of any kind ends in one line on stderr and a non
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
+import signal
 import sys
 import threading
 
@@ -167,6 +169,29 @@ def run(command: str, overrides: list[str]) -> int:
     return int(result or 0)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be: what ``timeout``, ``kill``, systemd, docker and
+    batch schedulers send is handled like Ctrl-C (a training run saves its state on the way out)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside the block, SIGTERM raises ``Terminated`` in the main thread (elsewhere: a no-op). Commands with a
+    SIGTERM handler of their own (the play loop, the kiosk, record) set it inside and restore this one after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def entry() -> None:
     """The ``rollingworld`` console command: ``main``, then exit with its code."""
     rc = main()
@@ -204,10 +229,14 @@ def main(argv: list[str] | None = None) -> int:
             rest = [a for a in overrides if a not in ("-h", "--help")]
             print(OmegaConf.to_yaml(compose(command, rest, require=False)))
             return 0
-        return run(command, overrides)
+        with sigterm_as_interrupt():
+            return run(command, overrides)
     except InputError as e:
         print(f"rollingworld {command}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"rollingworld {command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"rollingworld {command}: interrupted", file=sys.stderr)
         return 130

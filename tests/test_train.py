@@ -212,3 +212,42 @@ def test_cuda_is_not_reached_by_accident_on_a_machine_without_it():
         start_processes("cuda")
     with pytest.raises(InputError, match="auto, cpu or cuda"):
         start_processes("gpu")
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_sigterm_saves_like_ctrl_c_and_the_run_resumes_from_there(command, cli, pong_data, tmp_path):
+    """What timeout, kill, systemd and docker send: the steps done are saved, not lost since the last checkpoint."""
+    if command == "train":
+        args = [f"data={pong_data}", "steps=100000", "checkpoint_minutes=60", "progress=false", *TINY]
+    else:
+        teacher = tmp_path / "t"
+        assert cli("train", f"data={pong_data}", f"out={teacher}", "steps=2", *TINY).returncode == 0
+        args = [f"teacher={teacher}/teacher.safetensors", f"data={pong_data}", "ode_pairs=4", "ode_steps=100000",
+                "ode_batch=2", "dmd_steps=1", "batch=2", "rollout_frames=4", "prefix_frames=0", "score_frames=2",
+                "checkpoint_minutes=60", "progress=false", "threads=1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", command, f"out={tmp_path}/run", *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while True:  # until it has trained for a while: the first periodic write of its state is an hour away
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        if command == "train" and (tmp_path / "run" / "config.json").exists():
+            break
+        if command == "distill" and (tmp_path / "run" / "ode_pairs").is_dir() and any(
+                (tmp_path / "run" / "ode_pairs").glob("*.safetensors")):
+            break
+        time.sleep(0.1)
+    time.sleep(4)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"rollingworld {command}: terminated (SIGTERM)"
+    assert (tmp_path / "run" / "state.safetensors").exists()
+    rows = len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    assert rows > 0  # the steps done before the signal were saved with the state
+    if command == "train":
+        r = cli("train", f"data={pong_data}", f"out={tmp_path}/run", "resume=true", f"steps={rows + 1}",
+                "progress=false")
+        assert r.returncode == 0, r.stderr
+        assert f"step {rows}," in r.stdout  # it goes on from the step it reached, not from 0
