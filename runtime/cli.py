@@ -128,6 +128,7 @@ def compose(command: str, overrides: list[str], require: bool = True):
     for ov in overrides:
         if "=" not in ov or ov.startswith("-"):
             raise InputError(f"bad argument {ov!r}: settings are given as key=value")
+    _refuse_added_settings(command, overrides)
     GlobalHydra.instance().clear()
     register(command)
     try:
@@ -141,9 +142,14 @@ def compose(command: str, overrides: list[str], require: bool = True):
             hint = " (choose from pong, maze, gym:<env id>)"
         raise InputError(f"{first}{hint}") from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise InputError(_one_line(e)) from None
+        message = _one_line(e)
+        if message.startswith("Could not override"):  # hydra's hint to add it with + would only be ignored
+            key = message.split("'")[1] if "'" in message else "?"
+            message = f"unknown setting {key!r} (rollingworld {command} --help lists the settings)"
+        raise InputError(message) from None
     if not require:
         return cfg
+    check_ranges(OmegaConf.to_container(cfg))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise InputError("missing setting" + ("s " if len(missing) > 1 else " ")
@@ -153,6 +159,48 @@ def compose(command: str, overrides: list[str], require: bool = True):
     except OmegaConfBaseException as e:
         raise InputError(str(e).splitlines()[0]) from None
     return cfg
+
+
+def _refuse_added_settings(command: str, overrides: list[str]) -> None:
+    """``+key=value`` adds a key hydra does not know: for a command with typed settings, one that no code reads
+    (a typo would be silently ignored). Free-form groups (``+game.frameskip=2``) stay open."""
+    from dataclasses import fields
+
+    from runtime.config import SCHEMAS
+
+    if command not in SCHEMAS:
+        return
+    module, name = SCHEMAS[command].split(":")
+    known = {f.name for f in fields(getattr(importlib.import_module(module), name))} | {"game", "budget", "runtime"}
+    for ov in overrides:
+        if ov.startswith("+") and not ov.startswith("++"):
+            key = ov[1:].split("=", 1)[0]
+            if key.split(".")[0] not in known:
+                raise InputError(f"unknown setting {key!r} (rollingworld {command} --help lists the settings)")
+
+
+# setting name -> (the smallest value it may take, whether that value itself is allowed); checked wherever the
+# name appears in a command's settings (budgets' stages too), unless it is None (unset)
+RANGES: dict[str, tuple[float, bool]] = {
+    "threads": (0, True), "batch": (1, True), "ode_batch": (1, True), "idm_batch": (1, True),
+    "lr": (0, False), "critic_lr": (0, False), "ode_lr": (0, False), "frames": (1, True), "episodes": (1, True),
+    "steps": (0, True), "fps": (0, False), "width": (1, True), "height": (1, True), "scale": (1, True),
+    "clip_len": (2, True), "chunk_frames": (1, True), "minutes": (0, True), "checkpoint_minutes": (0, True),
+}
+
+
+def check_ranges(settings: dict, prefix: str = "") -> None:
+    """An InputError naming the first of ``settings`` (a composed config as plain containers) out of its range
+    (``RANGES``)."""
+    for key, value in settings.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            check_ranges(value, f"{name}.")
+        elif key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            low, inclusive = RANGES[key]
+            if value < low or (value == low and not inclusive):
+                bound = f">= {low:g}" if inclusive else f"> {low:g}"
+                raise InputError(f"{name}={value} is out of range: it must be {bound}")
 
 
 def run(command: str, overrides: list[str]) -> int:
@@ -167,6 +215,13 @@ def run(command: str, overrides: list[str]) -> int:
     takes_overrides = "overrides" in inspect.signature(handler).parameters
     result = handler(cfg, overrides) if takes_overrides else handler(cfg)
     return int(result or 0)
+
+
+def os_error(e: OSError) -> str:
+    """One line for an error of the operating system on a path: the path, and what the system said."""
+    path = e.filename2 if e.filename2 is not None else e.filename
+    reason = e.strerror or (str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return f"{path}: {reason}" if path is not None else reason
 
 
 class Terminated(KeyboardInterrupt):
@@ -237,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"rollingworld {command}: terminated (SIGTERM)", file=sys.stderr)
         return 143
+    except OSError as e:  # a read-only or full disk, a folder where a file is meant: which path, and why
+        print(f"rollingworld {command}: error: {os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"rollingworld {command}: interrupted", file=sys.stderr)
         return 130

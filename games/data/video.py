@@ -72,7 +72,16 @@ class VideoWriter:
         if not fps > 0:
             raise InputError(f"fps must be positive, got {fps!r}")
         self.path, self.fps, self.scale, self.crf = Path(path), fps, scale, crf
+        if self.path.is_dir():
+            raise InputError(f"{self.path} is a folder: give the video's file name (NAME.mp4)")
+        if self.path.suffix.lower() != ".mp4":
+            raise InputError(f"{self.path}: a video is written as an mp4, so its name must end in .mp4")
         self.partial = self.path.with_name(self.path.stem + ".partial" + self.path.suffix)
+        try:  # can it be written? Find out now, not after the frames are made
+            self.partial.open("wb").close()
+            self.partial.unlink()
+        except OSError as e:
+            raise InputError(f"cannot write {self.path}: {e.strerror or e}") from None
         self.frames = 0
         self._av = _av()
         self._container = self._stream = self._shape = None
