@@ -188,7 +188,7 @@ class CheckReport:
         out += [f"manifest/disk disagreement: {m}" for m in self.mismatches]
         out += [f"foreign file {f}" for f in self.foreign]
         if self.partial_files or self.incomplete:
-            out.append("an interrupted recording: run the same record command again to resume it")
+            out.append("an interrupted recording or import: run the same record or import command again to resume it")
         out.append("DAMAGED" if self.damaged else "OK")
         return out
 

@@ -183,7 +183,7 @@ def _refuse_added_settings(command: str, overrides: list[str]) -> None:
 # name appears in a command's settings (budgets' stages too), unless it is None (unset)
 RANGES: dict[str, tuple[float, bool]] = {
     "threads": (0, True), "batch": (1, True), "ode_batch": (1, True), "idm_batch": (1, True),
-    "lr": (0, False), "critic_lr": (0, False), "ode_lr": (0, False), "frames": (1, True), "episodes": (1, True),
+    "lr": (0, True), "critic_lr": (0, True), "ode_lr": (0, True), "frames": (1, True), "episodes": (1, True),
     "steps": (0, True), "fps": (0, False), "width": (1, True), "height": (1, True), "scale": (1, True),
     "clip_len": (2, True), "chunk_frames": (1, True), "minutes": (0, True), "checkpoint_minutes": (0, True),
 }

@@ -68,3 +68,172 @@ def test_a_read_only_output_folder_is_a_one_line_error(cli, data, teacher, tmp_p
             assert_one_line_error(r, str(ro), "permission denied")
     finally:
         ro.chmod(0o755)
+
+
+# ------------------------------------------------------------------------------------------------- settings
+
+def test_settings_out_of_range_or_unknown_are_refused_before_work_starts(cli, data, teacher, tmp_path):
+    train = ("train", f"data={data}", f"out={tmp_path}/run", "steps=1", "model=tiny")
+    dream = ("dream", f"ckpt={teacher}", f"out={tmp_path}/x.mp4")
+    cases = [
+        ((*train, "threads=-3"), ("threads=-3", ">= 0")),
+        ((*train, "batch=0"), ("batch=0", ">= 1")),
+        ((*train, "lr=-1"), ("lr=-1", ">= 0")),
+        ((*dream, "frames=-5"), ("frames=-5", ">= 1")),
+        ((*dream, "frames=0"), ("frames=0", ">= 1")),
+        (("bench", "threads=-3"), ("threads=-3",)),
+        (("record", "game=pong", "episodes=0", f"out={tmp_path}/rec"), ("episodes=0",)),
+        (("pipeline", "game=pong", "budget=smoke", f"out={tmp_path}/p", "budget.teacher.batch=0"),
+         ("budget.teacher.batch=0",)),
+        ((*dream, "frames=abc"), ("frames=abc",)),
+        ((*dream, "+nonsense=1"), ("unknown setting", "nonsense", "--help")),
+        ((*dream, "nonsense=1"), ("unknown setting", "nonsense", "--help")),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(cli(*args), *needles)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x.mp4").exists() and not (tmp_path / "p").exists()
+
+
+# ------------------------------------------------------------------------------------------- checkpoint metadata
+
+def _edited(src, dest, edit):
+    """A copy of the checkpoint ``src`` at ``dest`` with its metadata JSON changed by ``edit(meta)``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(header["rollingworld"])
+    edit(meta)
+    header["rollingworld"] = json.dumps(meta)
+    header.pop("data_sha256", None)  # an edit by hand does not update the checksum; the metadata is what is tested
+    save_file(tensors, str(dest), metadata=header)
+    return dest
+
+
+def _set(path: str, value):
+    def edit(meta):
+        *parents, last = path.split(".")
+        node = meta
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return edit
+
+
+DELETE = object()
+
+METADATA_CASES = [  # (what is edited, its new value, words the error must hold)
+    ("model.bogus", 1, ("bogus",)),
+    ("model.dim", -64, ("model.dim",)),
+    ("model.dim", 10 ** 7, ("model.dim",)),
+    ("model.patch", 0, ("model.patch",)),
+    ("model.heads", 3, ("heads", "dim")),
+    ("model.dim", 128, ("does not match its weights",)),
+    ("model.dim", DELETE, ("missing", "dim")),
+    ("model.action_dim", "abc", ("model.action_dim",)),
+    ("action_space.keys", ["UP", "DOWN", "LEFT", "RIGHT", "FIRE"], ("action_dim", "action space")),
+    ("schedule.bogus", 1, ("schedule", "bogus")),
+    ("schedule.shift", "x", ("schedule.shift",)),
+    ("frame.fps", 0, ("frame.fps",)),
+    ("frame.height", -1, ("frame.height",)),
+    ("engine", {"window": "abc"}, ("engine.window",)),
+    ("engine", {"mode": "warp"}, ("engine.mode",)),
+    ("engine", {"wobble": 1}, ("wobble",)),
+    ("kind", "oracle", ("kind",)),
+    ("codec.type", "mystery", ("codec",)),
+]
+
+
+@pytest.mark.parametrize("field,value,needles", METADATA_CASES, ids=[f"{c[0]}={str(c[1])[:12]}" for c in METADATA_CASES])
+def test_a_checkpoint_with_bad_metadata_is_refused_in_one_line_before_any_model_is_built(cli, teacher, tmp_path,
+                                                                                        field, value, needles):
+    bad = _edited(teacher, tmp_path / "bad.safetensors", _set(field, value))
+    for args in (("check", f"ckpt={bad}"), ("dream", f"ckpt={bad}", "frames=3", f"out={tmp_path}/x.mp4"),
+                 ("bench", f"ckpt={bad}", "frames=200", "compile=false", "progress=false")):
+        assert_one_line_error(cli(*args), "bad.safetensors", *needles)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_explained(cli, data, teacher, tmp_path):
+    r = cli("train-codec", f"data={data}", f"out={tmp_path}/codec", "steps=2", "progress=false")
+    assert r.returncode == 0, r.stderr
+    codec = tmp_path / "codec" / "codec.safetensors"
+    assert_one_line_error(cli("dream", f"ckpt={codec}", "frames=3", f"out={tmp_path}/x.mp4"), "codec checkpoint",
+                          "teacher or a student")
+    student = _edited(teacher, tmp_path / "student.safetensors", _set("kind", "student"))
+    assert_one_line_error(cli("distill", f"teacher={student}", f"data={data}", f"out={tmp_path}/d", "ode_steps=1"),
+                          "student checkpoint", "from a teacher")
+    assert not (tmp_path / "d").exists()
+
+
+# --------------------------------------------------------------------------------------------------- imports
+
+def test_an_import_says_what_does_not_fit(cli, data, tmp_path):
+    import json
+
+    r = cli("export", f"data={data}", f"out={tmp_path}/ep.mp4")
+    assert r.returncode == 0, r.stderr
+    header, *entries = [json.loads(line) for line in (tmp_path / "ep.jsonl").read_text().splitlines()]
+
+    def log(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(row) + "\n" for row in [header, *rows]))
+        return path
+
+    def imported(name, rows, *extra):
+        return cli("import", f"video={tmp_path}/ep.mp4", f"actions={log(name, rows)}", f"out={tmp_path}/{name}.data",
+                   "progress=false", *extra)
+
+    misspelt = [{("key" if k == "keys" else k): v for k, v in e.items()} for e in entries]
+    assert_one_line_error(imported("misspelt", misspelt), "misspelt", "unknown field", "'key'")
+    quiet = imported("quiet", [{"frame": e["frame"]} for e in entries])
+    assert quiet.returncode == 0 and "never holds a key" in quiet.stderr
+    late = imported("late", [*entries, *({**e, "frame": e["frame"] + len(entries)} for e in entries)])
+    assert late.returncode == 0 and f"{len(entries)} entries" in late.stderr and "after the video's last frame" in late.stderr
+    assert_one_line_error(imported("fps0", entries, "fps=0"), "fps=0", "> 0")
+    assert_one_line_error(imported("w0", entries, "width=0"), "width=0", ">= 1")
+    clean = imported("clean", entries)
+    assert clean.returncode == 0 and clean.stderr.strip() == "", clean.stderr  # a sound import warns of nothing
+
+
+def test_an_interrupted_import_run_again_finishes_its_own_episode(cli, tmp_path):
+    import signal
+    import sys
+    import time
+
+    from games.data.recording import Recording
+    from games.record import record_dataset
+    from games.registry import make_game
+    from tests.conftest import ROOT
+
+    record_dataset(tmp_path / "src", lambda: make_game("pong"), "random", 1, 1200, progress=False)
+    assert cli("export", f"data={tmp_path}/src", f"out={tmp_path}/ep.mp4").returncode == 0
+    args = ["import", f"video={tmp_path}/ep.mp4", f"actions={tmp_path}/ep.jsonl", "chunk_frames=32", "progress=false"]
+    assert cli(*args, f"out={tmp_path}/whole").returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "runtime", *args, f"out={tmp_path}/cut"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunks = tmp_path / "cut" / "ep_000000"
+    deadline = time.monotonic() + 120
+    while not (chunks.is_dir() and len(list(chunks.glob("*.safetensors"))) >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert cli("check", f"data={tmp_path}/cut").returncode != 0  # an incomplete episode
+    r = cli(*args, f"out={tmp_path}/cut")  # the same command again
+    assert r.returncode == 0, r.stderr
+    assert cli("check", f"data={tmp_path}/cut").returncode == 0
+    whole, cut = Recording(tmp_path / "whole"), Recording(tmp_path / "cut")
+    assert len(cut.episodes) == 1 and cut[0].length == whole[0].length
+    import numpy as np
+
+    assert np.array_equal(cut[0].frames(0, cut[0].length), whole[0].frames(0, whole[0].length))
+    assert np.array_equal(cut[0].actions(0, cut[0].length), whole[0].actions(0, whole[0].length))

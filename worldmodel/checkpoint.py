@@ -120,9 +120,10 @@ def _one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def read_header(path, what: str = "checkpoint") -> dict[str, str]:
+def read_header(path, what: str = "checkpoint", shapes: dict | None = None) -> dict[str, str]:
     """The string metadata of the safetensors file ``path``, after checking that its header is sound and that the
-    file holds exactly the bytes the header promises (so a truncated file is caught before any data is read)."""
+    file holds exactly the bytes the header promises (so a truncated file is caught before any data is read).
+    ``shapes``: a dict that receives each tensor's name -> shape, as the header lists them."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} {path} does not exist")
@@ -145,6 +146,9 @@ def read_header(path, what: str = "checkpoint") -> dict[str, str]:
         header = json.loads(raw.decode("utf-8"))
         ends = [int(info["data_offsets"][1]) for name, info in header.items() if name != "__metadata__"]
         meta = header.get("__metadata__") or {}
+        if shapes is not None:
+            shapes.update({name: tuple(int(n) for n in info["shape"]) for name, info in header.items()
+                           if name != "__metadata__"})
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError, AttributeError):
         raise not_ours from None
     if not isinstance(meta, dict):
@@ -217,14 +221,28 @@ def save_checkpoint(path, tensors: dict[str, torch.Tensor], metadata: dict) -> P
     return write_safetensors(path, tensors, header)
 
 
-def load_checkpoint(path, device="cpu", expect: str | None = None) -> Checkpoint:
-    """Read and validate a checkpoint; ``expect`` is the kind the caller needs ("teacher", "student", "codec")."""
-    path = Path(path)
-    header = read_header(path)
+def _checked_metadata(path: Path, shapes: dict | None = None) -> tuple[dict, dict]:
+    """(the header, the metadata) of the checkpoint ``path``, its required fields present and everything a command
+    builds from it checked against its weights' shapes (``worldmodel.schema``), or a one-line CheckpointError."""
+    from worldmodel.schema import check_metadata
+
+    shapes = {} if shapes is None else shapes
+    header = read_header(path, shapes=shapes)
     metadata = parse_metadata(path, header, FORMAT, VERSION, "checkpoint")
     problem = _missing_or_wrong(metadata)
     if problem:
         raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
+    try:
+        check_metadata(metadata, shapes)
+    except InputError as e:
+        raise CheckpointError(f"checkpoint {path} has bad metadata: {e}") from None
+    return header, metadata
+
+
+def load_checkpoint(path, device="cpu", expect: str | None = None) -> Checkpoint:
+    """Read and validate a checkpoint; ``expect`` is the kind the caller needs ("teacher", "student", "codec")."""
+    path = Path(path)
+    header, metadata = _checked_metadata(path)
     if expect is not None and metadata["kind"] != expect:
         raise CheckpointError(f"{path} is a {metadata['kind']} checkpoint; a {expect} checkpoint is needed here")
     tensors = read_tensors(path, header)
@@ -234,12 +252,9 @@ def load_checkpoint(path, device="cpu", expect: str | None = None) -> Checkpoint
 
 
 def read_model_info(path) -> ModelInfo:
-    """What the checkpoint ``path`` says of its model, from its header alone (the weights are not read)."""
-    metadata = parse_metadata(path, read_header(path), FORMAT, VERSION, "checkpoint")
-    problem = _missing_or_wrong(metadata)
-    if problem:
-        raise CheckpointError(f"checkpoint {path} is incomplete: {problem}")
-    return ModelInfo.from_metadata(metadata)
+    """What the checkpoint ``path`` says of its model, from its header alone (the weights are not read), checked
+    as ``load_checkpoint`` checks it."""
+    return ModelInfo.from_metadata(_checked_metadata(Path(path))[1])
 
 
 def check_recording_fits(info: ModelInfo, recording, data, same_game: bool = True) -> None:

@@ -125,6 +125,9 @@ def read_json_lines(path: Path, what: str, hint: str = "", where: str = "{path}:
     return objects
 
 
+ENTRY_FIELDS = {"frame", "t", "keys", "buttons", "mouse"}  # what an entry may hold (a typo is an error, not silence)
+
+
 def read_action_log(path, action_space: ActionSpace | None = None) -> ActionLog:
     """Parse a JSONL action log; any malformed line is a one-line InputError naming the file and line.
 
@@ -152,6 +155,10 @@ def read_action_log(path, action_space: ActionSpace | None = None) -> ActionLog:
 
     entries, clock, prev = [], None, -math.inf
     for n, obj in raw:
+        unknown = sorted(set(obj) - ENTRY_FIELDS)
+        if unknown:
+            fail(n, f"unknown field(s) {', '.join(map(repr, unknown))}; an entry has \"frame\" or \"t\", "
+                    f"and \"keys\", \"buttons\", \"mouse\"")
         has = [c for c in ("frame", "t") if c in obj]
         if len(has) != 1:
             fail(n, 'each entry needs exactly one of "frame" (source frame index) or "t" (seconds)')

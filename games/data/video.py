@@ -195,6 +195,7 @@ class ImportSummary:
     source_frames: int  # frames decoded from the video
     source_fps: float  # the video's average frame rate
     before_log: int  # leading ticks before the log's first entry (recorded as no-op)
+    warnings: tuple[str, ...] = ()  # what was imported but looks wrong (the command prints them)
 
 
 def import_video(video, actions, out, width: int | None = None, height: int | None = None,
@@ -244,18 +245,44 @@ def import_video(video, actions, out, width: int | None = None, height: int | No
                    desc=f"import {video.name}")
         fps = int(fps) if fps.is_integer() else fps  # keep whole rates whole in the manifest
         source = {"video": str(video), "actions": str(actions), "source_fps": source_fps}
-        with RecordingWriter(out, game, space, fps, height, width, chunk_frames=chunk_frames) as writer, \
-                writer.begin_episode(source=source) as ep, bar:
-            n = 0
-            for frame, action in zip(_chain(first, ticks), log.tick_actions(fps, source_fps)):
-                ep.append(_resize(frame, width, height), action)
-                n += 1
-                bar.update(1)
-            if before >= n:  # only reached when the header gave no duration: the episode stays incomplete
-                raise InputError(f"action log {actions} starts at {first_entry:.3f} s, after the end of {video}: "
-                                 f"it covers none of the video ({ep.name} left incomplete)")
+        with RecordingWriter(out, game, space, fps, height, width, chunk_frames=chunk_frames) as writer:
+            unfinished = [i for i, e in enumerate(writer.episodes) if not e["complete"] and e["source"] == source]
+            # the same import interrupted before: go on where it stopped (decoding is deterministic), not beside it
+            ep = writer.resume_episode(unfinished[-1]) if unfinished else writer.begin_episode(source=source)
+            done = ep.frames_written
+            with ep, bar:
+                n = 0
+                for frame, action in zip(_chain(first, ticks), log.tick_actions(fps, source_fps)):
+                    if n >= done:
+                        ep.append(_resize(frame, width, height), action)
+                    n += 1
+                    bar.update(1)
+                if before >= n:  # only reached when the header gave no duration: the episode stays incomplete
+                    raise InputError(f"action log {actions} starts at {first_entry:.3f} s, after the end of {video}: "
+                                     f"it covers none of the video ({ep.name} left incomplete)")
         name = ep.name
-    return ImportSummary(out, name, n, fps, decoded[0], source_fps, min(before, n))
+    return ImportSummary(out, name, n, fps, decoded[0], source_fps, min(before, n),
+                         _import_warnings(log, actions, video, n, fps, source_fps, duration))
+
+
+def _import_warnings(log, actions, video, n: int, fps: float, source_fps: float, duration) -> tuple[str, ...]:
+    """What an import took but a designer should hear about: a video shorter than its header says, log entries
+    after its last frame, a log that never presses anything."""
+    warnings = []
+    if duration is not None:
+        expected = round(duration * fps)
+        if n < expected - max(2, expected // 100):
+            warnings.append(f"{video} ends after {n} frames, but its header says about {expected}: the file may be "
+                            "cut short")
+    times = log.times(source_fps)
+    late = [e for e, t in zip(log.entries, times) if t >= n / fps - 1e-9]  # never on screen: after the last tick
+    if late:
+        warnings.append(f"{len(late)} entries of {actions} (from line {late[0].line}) fall after the video's last "
+                        f"frame ({n / fps:.2f} s) and were not used")
+    if not any(e.keys or e.buttons or e.dx or e.dy for e in log.entries):
+        warnings.append(f"{actions} never holds a key or a button and never moves the mouse: every frame's "
+                        "action is empty")
+    return tuple(warnings)
 
 
 def _existing_dataset(out: Path, Recording):

@@ -1,6 +1,8 @@
 """Data commands: ``record``, ``check``, ``import``, ``export``."""
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -97,6 +99,8 @@ def import_(cfg) -> int:
                            progress=cfg.progress)
     print(f"{summary.root}: episode {summary.episode}, {summary.frames} frames at {summary.fps:g} fps "
           f"(from {summary.source_frames} video frames at {summary.source_fps:g} fps)")
+    for warning in summary.warnings:
+        print(f"rollingworld import: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -40,7 +40,7 @@ import torch.distributed as dist
 
 from games.data.errors import InputError
 from games.data.recording import Recording
-from worldmodel.checkpoint import check_action_space
+from worldmodel.checkpoint import check_action_space, read_model_info
 from worldmodel.train.data import ClipDataset, held_out_split, with_causing_actions
 from worldmodel.distill.report import DistillReport
 from worldmodel.distill.losses import critic_loss, dmd_loss, ode_loss, score_clips, teacher_window
@@ -125,6 +125,10 @@ def check_config(cfg: DistillConfig) -> None:
 class Distiller(TrainingRun):
     def __init__(self, cfg: DistillConfig):
         check_config(cfg)
+        kind = read_model_info(cfg.teacher).kind  # before any run folder is made
+        if kind != "teacher":
+            raise InputError(f"{cfg.teacher} is a {kind} checkpoint; distillation starts from a teacher "
+                             "(rollingworld train makes one)")
         super().__init__(cfg)
         self.teacher_model = load_teacher(cfg.teacher, device=self.device)
         self.meta = self.teacher_model.metadata

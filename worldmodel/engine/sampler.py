@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from worldmodel.checkpoint import Checkpoint, check_action_space, load_checkpoint
+from worldmodel.checkpoint import Checkpoint, CheckpointError, check_action_space, load_checkpoint
 from worldmodel.metadata import ModelInfo
 from worldmodel.nn.codec import make_codec
 from worldmodel.nn.flow import Denoiser, NoiseSchedule, sample_next_frame
@@ -51,6 +51,9 @@ def load_teacher(path, device="cpu", action_space=None) -> Teacher:
     unless it matches the checkpoint's."""
     ckpt = path if isinstance(path, Checkpoint) else load_checkpoint(path, device=device)
     meta = ckpt.metadata
+    if meta["kind"] == "codec":
+        raise CheckpointError(f"{ckpt.path} is a codec checkpoint: a world model (a teacher or a student) is needed "
+                              "here")
     if action_space is not None:
         check_action_space(meta, action_space)
     net = DiT(DiTConfig.from_metadata(meta["model"]))
