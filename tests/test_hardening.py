@@ -151,13 +151,24 @@ METADATA_CASES = [  # (what is edited, its new value, words the error must hold)
 ]
 
 
-@pytest.mark.parametrize("field,value,needles", METADATA_CASES, ids=[f"{c[0]}={str(c[1])[:12]}" for c in METADATA_CASES])
-def test_a_checkpoint_with_bad_metadata_is_refused_in_one_line_before_any_model_is_built(cli, teacher, tmp_path,
-                                                                                        field, value, needles):
-    bad = _edited(teacher, tmp_path / "bad.safetensors", _set(field, value))
-    for args in (("check", f"ckpt={bad}"), ("dream", f"ckpt={bad}", "frames=3", f"out={tmp_path}/x.mp4"),
-                 ("bench", f"ckpt={bad}", "frames=200", "compile=false", "progress=false")):
-        assert_one_line_error(cli(*args), "bad.safetensors", *needles)
+def _in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """``rollingworld ARGS`` in this process (no interpreter start-up), as a finished process."""
+    from runtime.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_a_checkpoint_with_bad_metadata_is_refused_in_one_line_before_any_model_is_built(cli, capsys, teacher,
+                                                                                        tmp_path):
+    for i, (field, value, needles) in enumerate(METADATA_CASES):
+        bad = _edited(teacher, tmp_path / f"bad{i}.safetensors", _set(field, value))
+        for args in (("check", f"ckpt={bad}"), ("dream", f"ckpt={bad}", "frames=3", f"out={tmp_path}/x.mp4")):
+            assert_one_line_error(_in_process(capsys, *args), f"bad{i}.safetensors", *needles)
+        if i % 6 == 0:  # and, now and then, from the console as a user runs it
+            assert_one_line_error(cli("bench", f"ckpt={bad}", "frames=200", "compile=false", "progress=false"),
+                                  f"bad{i}.safetensors", *needles)
     assert not (tmp_path / "x.mp4").exists()
 
 
