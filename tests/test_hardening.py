@@ -248,3 +248,19 @@ def test_an_interrupted_import_run_again_finishes_its_own_episode(cli, tmp_path)
 
     assert np.array_equal(cut[0].frames(0, cut[0].length), whole[0].frames(0, whole[0].length))
     assert np.array_equal(cut[0].actions(0, cut[0].length), whole[0].actions(0, whole[0].length))
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_half_file(cli, data, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs to mount a small tmpfs (root)")
+    try:
+        assert_one_line_error(cli("record", "game=pong", "episodes=3", "frames=400", f"out={small}/rec",
+                                  "progress=false"), f"{small}/rec/ep_000000", "no space left")
+        assert_one_line_error(cli("train", f"data={data}", f"out={small}/run", "steps=2", "progress=false"),
+                              f"{small}/run", "no space left")
+        assert not [p for p in small.rglob("*") if p.name.endswith(".partial")]
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

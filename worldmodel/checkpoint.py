@@ -13,6 +13,7 @@ so a crash leaves either the old file or the new one. Anything wrong with a file
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -108,6 +109,10 @@ def write_safetensors(path, tensors: dict[str, torch.Tensor], header: dict[str, 
         with open(partial, "rb") as f:
             os.fsync(f.fileno())
         os.replace(partial, path)
+    except (OSError, SafetensorError) as e:  # a full disk, say: the old file stays, and the message names this one
+        partial.unlink(missing_ok=True)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+        raise OSError(getattr(e, "errno", None) or errno.EIO, reason, str(path)) from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

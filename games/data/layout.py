@@ -103,11 +103,15 @@ def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` whole or not at all: to ``.NAME.partial`` beside it, fsync, rename (atomic on
     POSIX), fsync of the folder so that the rename itself survives a power cut."""
     tmp = path.parent / f".{path.name}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, say: leave no half file, and say which file could not be written
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     fsync_dir(path.parent)
 
 
