@@ -273,3 +273,12 @@ def test_a_session_that_switched_to_the_compiled_tick_replays_with_the_switch_at
     unmarked.write_text("\n".join(line.replace(', "compiled": true', "") for line in lines) + "\n")
     assert read_session(unmarked).compiled_at is None
     assert replay.run(replay.ReplayConfig(session=str(unmarked), headless=True)) == 1
+
+
+def test_quitting_while_the_tick_still_compiles_exits_cleanly(ckpt, cli):
+    """The background compile is still running when the player quits: the process ends with the session's exit
+    code, not with torch aborting in the interpreter's teardown."""
+    r = cli("play", f"ckpt={ckpt}", "compile=true", "headless=true", "agent=random", "frames=3", "runtime.fps=100",
+            env=NO_DISPLAY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "3 ticks" in r.stdout and "terminate called" not in r.stderr and "compiling the tick meanwhile" in r.stderr
