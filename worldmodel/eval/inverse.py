@@ -74,7 +74,8 @@ def windows(frames: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.nda
 class IdmSettings:
     steps: int = 2000  # training steps
     batch: int = 32  # windows a step
-    lr: float = 2e-3
+    lr: float = 5e-4  # measured on Enduro (held-out real frames, raw): 2e-3 collapsed to one answer for every frame
+    #                   (50.0 % balanced), 5e-4 learned (65.2 %: LEFT 69 %, RIGHT 74 %)
     width: int = 32
 
 
