@@ -52,6 +52,7 @@ class ControlSettings:
     # the inverse-dynamics reading (any game: worldmodel/eval/inverse.py); idm_steps=0 leaves it out
     idm_steps: int = 2000  # training steps on the recording's training part (about a minute at 64x64)
     idm_batch: int = 32  # windows a training step
+    idm_lr: float = 5e-4  # its learning rate (IdmSettings' default, measured there: worldmodel/eval/inverse.py)
     idm_frames: int = 8192  # training frames (runs of 256 from the training part, each through the codec once)
     idm_starts: int = 32  # held-out starts the model generates from
     idm_horizon: int = 32  # frames generated after each start
@@ -281,7 +282,7 @@ def _inverse_control(em, rec, cfg, out: Path, show: bool) -> dict:
 
     c, space = cfg.control, em.info.action_space
     keys, mouse = len(space.keys), space.mouse
-    settings = inverse.IdmSettings(steps=c.idm_steps, batch=c.idm_batch)
+    settings = inverse.IdmSettings(steps=c.idm_steps, batch=c.idm_batch, lr=c.idm_lr)
     stamp_of = {**vars(settings), "frames": c.idm_frames, "seed": cfg.seed, "ckpt": str(Path(em.path).resolve())}
     roundtrip = lambda frames: through_codec(em.model.codec, frames)  # noqa: E731
     train, _ = split_or_all(rec, em.model.metadata)  # all of it when too little to hold out, as the model may have
@@ -408,19 +409,22 @@ def evaluate(cfg) -> Path:
               **_generation(em), "model": em.describe(), "threads": torch.get_num_threads(), "seed": cfg.seed}
     parts_dir = out / "parts"
     stamp = parts_dir / "header.json"
-    if stamp.exists() and not cfg.fresh:
+    same_model = True  # the parts already there were made by this model, generating as now
+    if stamp.exists():
         old = _as_now(json.loads(stamp.read_text()), em)
         changed = [k for k in ("ckpt", *_generation(em), "seed") if old.get(k) != header[k]]
-        if changed:
+        if changed and not cfg.fresh:
             raise InputError(f"{out} holds an evaluation with other {', '.join(changed)}: choose another out= "
                              "or fresh=true")
+        same_model = not changed
     _save_json(stamp, header)
     show = cfg.progress
     report = {"header": header}
     for section in SECTIONS:
         part = parts_dir / f"{section}.json"
         settings = _section_settings(cfg, section)
-        if part.exists() and not cfg.fresh:
+        # fresh=true redoes the sections asked for; the others stay in the report if this model made them
+        if part.exists() and same_model and not (cfg.fresh and section in sections):
             kept = json.loads(part.read_text())
             if kept.get("settings") == settings:
                 report[section] = kept

@@ -167,6 +167,11 @@ def test_other_settings_in_a_used_folder_are_refused(cli, tiny, tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "report.json").read_text())
     assert "control" in report and "fidelity" in report and "control: finished earlier" not in r.stdout
+    # fresh=true redoes what it is asked for and keeps the rest this model made
+    r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "sections=[control]", "fresh=true")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert "control" in report and "fidelity" in report and "control: finished earlier" not in r.stdout
     r = cli("eval", f"ckpt={ckpt}", f"data={data}", f"out={out}", *TINY_EVAL, "sections=[control]", "mode=framewise")
     assert_one_line_error(r, "fresh=true")
     for other in ("window=2", "sink=0", "recent=2"):  # the layout it generated with is part of what was measured
