@@ -264,3 +264,29 @@ def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_half_file(cli, da
         assert not [p for p in small.rglob("*") if p.name.endswith(".partial")]
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_video_cut_short_is_imported_with_a_warning(cli, tmp_path):
+    """An mp4 whose index sits at its start (faststart) still decodes when cut in half: the import takes what is
+    there and says that the file is shorter than its header, and that the log's later entries went unused."""
+    import json
+
+    import av
+    import numpy as np
+
+    n = 120
+    with av.open(str(tmp_path / "full.mp4"), "w", format="mp4", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(n):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 64, 3), np.uint8), format="rgb24")))
+        c.mux(s.encode())
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "half.mp4").write_bytes(data[:len(data) // 2])
+    (tmp_path / "half.jsonl").write_text("".join(json.dumps({"frame": i, "keys": ["UP"] if i % 20 else []}) + "\n"
+                                                 for i in range(0, n, 10)))
+    r = cli("import", f"video={tmp_path}/half.mp4", f"actions={tmp_path}/half.jsonl", f"out={tmp_path}/d",
+            "keys=[UP]", "progress=false")
+    assert r.returncode == 0, r.stderr
+    assert f"its header says about {n}" in r.stderr and "were not used" in r.stderr
