@@ -23,7 +23,7 @@ class PlayConfig(EngineChoice):
     ckpt: Optional[str] = None  # world model checkpoint; None = the bundled assets/<game>.safetensors
     compile: bool = False  # true: torch.compile the tick in the background while playing eager, then switch to it.
     #                        Off by default: on a 2-core CPU the bundled models' eager tick holds 30/s with a core
-    #                        busy, and compiling costs seconds of late ticks for a ~15 % faster tick (docs/engine.md)
+    #                        busy, and compiling costs seconds of late ticks for an ~11 % faster tick (docs/engine.md)
     threads: int = 1  # torch threads (the other core runs the window and input)
     seed: int = 0
     frames: Optional[int] = None  # stop after this many ticks
