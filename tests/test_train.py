@@ -250,4 +250,9 @@ def test_sigterm_saves_like_ctrl_c_and_the_run_resumes_from_there(command, cli, 
         r = cli("train", f"data={pong_data}", f"out={tmp_path}/run", "resume=true", f"steps={rows + 1}",
                 "progress=false")
         assert r.returncode == 0, r.stderr
-        assert f"step {rows}," in r.stdout  # it goes on from the step it reached, not from 0
+        import re
+
+        reached = int(re.search(r"step (\d+),", r.stdout).group(1))
+        # it goes on from the step it reached, not from 0 (a signal between a step and its metrics row leaves the
+        # row out: the state may be one step ahead of the log)
+        assert rows <= reached <= rows + 1, (rows, r.stdout)
