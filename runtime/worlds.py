@@ -54,31 +54,28 @@ def torch_threads(threads: int):
     return torch
 
 
-def engine_config(cfg, ckpt=None, background_compile: bool = False):
+def engine_config(cfg, ckpt=None, background_compile: bool = False, info=None):
     """The engine settings of the command config ``cfg`` (a ``runtime.config.EngineChoice``) for the checkpoint
     ``ckpt`` (default ``cfg.ckpt``): ``mode``, ``window``, ``sink`` and ``recent`` left None are those it was
     distilled with. ``background_compile``: with ``compile``, tick eager at once while the tick compiles (what
-    a player or a kiosk wants); else the first reset waits for the compiler (what a measurement wants)."""
+    a player or a kiosk wants); else the first reset waits for the compiler (what a measurement wants). ``info``:
+    the checkpoint's ``ModelInfo`` when the caller has read it already."""
     from worldmodel.checkpoint import read_model_info
     from worldmodel.engine.config import EngineConfig
 
     ckpt = cfg.get("ckpt") if ckpt is None else ckpt
-    info = read_model_info(ckpt) if ckpt else None  # the header only: the weights are loaded once, later
+    if info is None and ckpt:
+        info = read_model_info(ckpt)  # the header only: the weights are loaded once, later
     return EngineConfig.for_model(info, mode=cfg.mode, window=cfg.window, sink=cfg.sink, recent=cfg.recent,
                                   teacher_steps=cfg.teacher_steps, fuse_reencode=cfg.fuse_reencode,
                                   compile=cfg.compile, background_compile=background_compile)
 
 
 def torch_device(name: str) -> str:
-    """The device a command's ``device=`` names: ``cpu``, ``cuda`` (an InputError where torch sees none), or
-    ``auto`` (cuda where torch sees one, else cpu)."""
-    import torch
+    """The device of an engine command's ``device=`` (``worldmodel.train.processes.resolve_device``)."""
+    from worldmodel.train.processes import resolve_device
 
-    if name not in ("cpu", "cuda", "auto"):
-        raise InputError(f"device must be cpu, cuda or auto, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device=cuda, but torch {torch.__version__} sees no CUDA device here: device=cpu (or auto)")
-    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
+    return resolve_device(name, "cpu, cuda or auto")  # cpu first: the engine's default
 
 
 def load_session(ckpt, engine_cfg, threads: int, device: str = "cpu"):

@@ -63,8 +63,8 @@ def run(cfg) -> int:
     recorder = None
     try:
         show_loading(display, frame_wh, [f"loading {Path(ckpt).name}", f"{info.game}, {w}x{h}"])
-        source = build_source(ckpt, engine_config(cfg, ckpt, background_compile=True), cfg.threads, cfg.compare,
-                              cfg.device)
+        engine = engine_config(cfg, ckpt, background_compile=True, info=info)
+        source = build_source(ckpt, engine, cfg.threads, cfg.compare, cfg.device)
         show_loading(display, frame_wh, [f"loaded {Path(ckpt).name}", "starting the world"])
         agent = _agent(cfg.agent, source, cfg.seed)
         if cfg.record:

@@ -182,8 +182,8 @@ class WorldSession:
     def step(self, action) -> np.ndarray:
         """Advance one tick holding ``action``; returns the newest clean frame, uint8 [H, W, 3]."""
         action = torch.from_numpy(self.action_space.validate(action)).to(self.device)[None]  # [1, A]
-        if self._ready is not None and not self.hold_eager:
-            self._switch()
+        if self._ready is not None:
+            self._switch()  # between ticks: the compiled pass, unless held eager
         if self.cfg.rolling:
             latent, _ = self.window.tick(action)
         else:

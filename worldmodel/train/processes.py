@@ -22,15 +22,21 @@ class Processes:
     device: torch.device
 
 
+def resolve_device(name: str, choices: str = "auto, cpu or cuda") -> str:
+    """The device a command's ``device=`` names: ``cpu``, ``cuda`` (an InputError where torch sees none, so a CPU
+    machine never reaches CUDA by accident), or ``auto`` (cuda where torch sees one, else cpu)."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device must be {choices}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device=cuda, but torch {torch.__version__} sees no CUDA device here: device=cpu (or auto)")
+    return "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def start_processes(device: str = "auto", threads: int = 0) -> Processes:
     """Join the process group when ``torchrun`` started several processes; pick the device (``auto``: CUDA if
     there is one, the process's own GPU under torchrun) and torch's thread count (0 = torch's default)."""
     distributed = "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device=cuda, but torch {torch.__version__} sees no CUDA device here: device=cpu (or auto)")
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = resolve_device(device) == "cuda"
     if distributed:
         dist.init_process_group("nccl" if cuda else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
